@@ -1,0 +1,26 @@
+"""Reusable stages: the ``topk`` mask, the ``fixed`` budget and the plain-torch ``torch`` kernel."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sparsekit.hookspecs import hookimpl
+
+from .budgets import FixedBudget
+from .kernels import TorchKernel
+from .masks import TopKMask
+
+
+@hookimpl
+def sparsekit_register_budgeters(register: Callable[[type], None]) -> None:
+    register(FixedBudget)
+
+
+@hookimpl
+def sparsekit_register_masks(register: Callable[[type], None]) -> None:
+    register(TopKMask)
+
+
+@hookimpl
+def sparsekit_register_kernels(register: Callable[[type], None]) -> None:
+    register(TorchKernel)

@@ -1,0 +1,189 @@
+"""The composed attention callable: estimator -> budgeter -> mask builder -> kernel."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import attrs
+import torch
+from torch import Tensor
+
+from .config import dump_config
+from .errors import UnsupportedError
+from .layout import BlockLayout
+from .problem import AttentionProblem, check_finite
+from .stages import Budgeter, Estimator, Kernel, MaskBuilder
+from .types import BlockScores, Budget
+
+
+@attrs.frozen(eq=False)
+class Plan:
+    """The planning result for one call: scores, budget, layout and stage timings (ms)."""
+
+    problem: AttentionProblem
+    layout: BlockLayout
+    scores: BlockScores | None = None
+    budget: Budget | None = None
+    timings: dict[str, float] = attrs.field(factory=dict)
+    name: str = ""
+
+    @property
+    def density(self) -> float:
+        return self.layout.density()
+
+    def summary(self) -> dict[str, Any]:
+        """Plain-Python summary: density, per-head density/budget ratio, timings."""
+        out: dict[str, Any] = {"name": self.name, "density": self.density, "timings_ms": dict(self.timings),
+                               "density_per_head": self.layout.density_per_head().tolist()}
+        if self.budget is not None and "ratio" in self.budget.info:
+            out["budget_ratio_per_head"] = self.budget.info["ratio"].tolist()
+        return out
+
+
+@contextmanager
+def _timer(timings: dict[str, float] | None, key: str, device: torch.device) -> Iterator[None]:
+    if timings is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
+
+
+def _slice_scores(scores: BlockScores | None, b: int | None, p: AttentionProblem) -> BlockScores | None:
+    if scores is None or b is None:
+        return scores
+    return attrs.evolve(scores, scores=scores.scores[b : b + 1, :, : p.nQb, : p.nKb])
+
+
+def _slice_budget(budget: Budget | None, b: int | None, p: AttentionProblem) -> Budget | None:
+    if budget is None or b is None:
+        return budget
+    return attrs.evolve(budget, value=budget.value[b : b + 1, :, : p.nQb])
+
+
+class SparseAttention:
+    """Block-sparse attention composed of four stages.
+
+    ``attn(q, k, v)`` plans and attends; ``attn.plan(q, k)`` returns the :class:`Plan` alone;
+    ``attn.run(plan, v)`` executes a plan. ``q [B, Hq, Nq, D]``, ``k/v [B, Hkv, Nk, D]``.
+    """
+
+    def __init__(self, estimator: Estimator | None, budgeter: Budgeter | None, mask: MaskBuilder,
+                 kernel: Kernel | None, *, kernels: list[Kernel] | None = None, block_q: int = 128,
+                 block_k: int = 128, check_finite: bool = False, validate: bool = False) -> None:
+        self.estimator, self.budgeter, self.mask, self.kernel = estimator, budgeter, mask, kernel
+        self.kernels = kernels or []  # candidates for kernel="auto", highest priority first
+        self.block_q, self.block_k = block_q, block_k
+        self.check_finite, self.validate = check_finite, validate
+
+    # identity --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        parts = [s.label for s in (self.estimator, self.budgeter, self.mask) if s is not None]
+        return "+".join(parts + [self.kernel.label if self.kernel is not None else "auto"])
+
+    def __repr__(self) -> str:
+        return f"<SparseAttention {self.name} blocks={self.block_q}x{self.block_k}>"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Configuration dict; ``sparsekit.build(config=attn.config)`` rebuilds the same pipeline."""
+        spec = (lambda s: None if s is None else s.spec())
+        return {"estimator": spec(self.estimator), "budget": spec(self.budgeter), "mask": spec(self.mask),
+                "kernel": spec(self.kernel) if self.kernel is not None else {"name": "auto"},
+                "block_q": self.block_q, "block_k": self.block_k, "check_finite": self.check_finite,
+                "validate": self.validate}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the configuration as TOML (an ablation is a file)."""
+        path = Path(path)
+        path.write_text(dump_config(self.config))
+        return path
+
+    # planning --------------------------------------------------------------------------------
+    def problem(self, q: Tensor, k: Tensor, v: Tensor | None = None, *, causal: bool = True,
+                q_lens: Tensor | None = None, k_lens: Tensor | None = None,
+                scale: float | None = None) -> AttentionProblem:
+        problem = AttentionProblem.create(q, k, v, block_q=self.block_q, block_k=self.block_k, causal=causal,
+                                          q_lens=q_lens, k_lens=k_lens, scale=scale)
+        if self.check_finite:
+            check_finite(q=q, k=k, v=v)  # type: ignore[arg-type]
+        return problem
+
+    def plan(self, q: Tensor, k: Tensor, *, causal: bool = True, q_lens: Tensor | None = None,
+             k_lens: Tensor | None = None, scale: float | None = None, timed: bool = True) -> Plan:
+        """Run the three planning stages; ``timed`` records per-stage milliseconds (synchronising)."""
+        return self._plan(self.problem(q, k, causal=causal, q_lens=q_lens, k_lens=k_lens, scale=scale), timed)
+
+    def _plan(self, problem: AttentionProblem, timed: bool) -> Plan:
+        timings: dict[str, float] | None = {} if timed else None
+        dev = problem.device
+        scores = budget = None
+        if self.estimator is not None:
+            with _timer(timings, "estimate", dev):
+                scores = self._per_seq(self.estimator, problem, lambda p, b: self.estimator.estimate(p),  # type: ignore[union-attr]
+                                       lambda parts: BlockScores.stack(parts, problem.nQb, problem.nKb))
+        if self.budgeter is not None:
+            with _timer(timings, "budget", dev):
+                budget = self._per_seq(self.budgeter, problem,
+                                       lambda p, b: self.budgeter.allocate(p, _slice_scores(scores, b, p)),  # type: ignore[union-attr]
+                                       lambda parts: Budget.stack(parts, problem.nQb))
+        with _timer(timings, "mask", dev):
+            full = problem
+            layout = self._per_seq(self.mask, problem,
+                                   lambda p, b: self.mask.build(p, _slice_scores(scores, b, p), _slice_budget(budget, b, p)),
+                                   lambda parts: BlockLayout.stack(parts, BlockLayout.for_problem(full, parts[0].kv_counts, parts[0].kv_indices)))
+        if self.validate:
+            layout.validate()
+        return Plan(problem, layout, scores, budget, timings or {}, self.name)
+
+    @staticmethod
+    def _per_seq(stage: Any, problem: AttentionProblem, call: Callable[[AttentionProblem, int | None], Any],
+                 stack: Callable[[list[Any]], Any]) -> Any:
+        """Call a stage on the batch, or once per trimmed sequence when it does not handle lengths itself."""
+        if not problem.is_varlen or stage.supports_varlen:
+            return call(problem, None)
+        return stack([call(problem.sequence(b), b) for b in range(problem.B)])
+
+    # execution -------------------------------------------------------------------------------
+    def select_kernel(self, problem: AttentionProblem, v: Tensor, layout: BlockLayout | None) -> Kernel:
+        """The chosen kernel if it can run, else (``auto``) the highest-priority one that can."""
+        if self.kernel is not None:
+            reasons = self.kernel.not_supported_reasons(problem, v, layout)
+            if not reasons:
+                return self.kernel
+            others = [k.name for k in self.kernels if k is not self.kernel and not k.not_supported_reasons(problem, v, layout)]
+            alt = f" Kernels that can run it: {', '.join(others)} (or kernel='auto')." if others else ""
+            raise UnsupportedError(f"kernel {self.kernel.name!r} cannot run {problem.describe()}:\n  - "
+                                   + "\n  - ".join(reasons) + alt)
+        report = []
+        for cand in self.kernels:
+            reasons = cand.not_supported_reasons(problem, v, layout)
+            if not reasons:
+                return cand
+            report.append(f"{cand.name}: " + "; ".join(reasons))
+        raise UnsupportedError(f"no kernel can run {problem.describe()}:\n  - " + "\n  - ".join(report))
+
+    def run(self, plan: Plan, v: Tensor, timed: bool = False) -> Tensor:
+        """Execute a plan's layout on ``v``."""
+        problem = plan.problem
+        kernel = self.select_kernel(problem, v, plan.layout)
+        with _timer(plan.timings if timed else None, "attend", problem.device):
+            out = kernel.forward(problem, v, plan.layout)
+        return out
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, q_lens: Tensor | None = None,
+                 k_lens: Tensor | None = None, scale: float | None = None, return_plan: bool = False,
+                 timed: bool = False) -> Tensor | tuple[Tensor, Plan]:
+        problem = self.problem(q, k, v, causal=causal, q_lens=q_lens, k_lens=k_lens, scale=scale)
+        plan = self._plan(problem, timed)
+        out = self.run(plan, v, timed)
+        return (out, plan) if return_plan else out
