@@ -165,7 +165,8 @@ class SparseAttention:
             raise UnsupportedError(f"kernel {self.kernel.name!r} cannot run {problem.describe()}:\n  - "
                                    + "\n  - ".join(reasons) + alt)
         report = []
-        for cand in self.kernels:
+        # kernels that would only run emulated (Triton's CPU interpreter) come last
+        for cand in sorted(self.kernels, key=lambda k: k.emulated(problem)):
             reasons = cand.not_supported_reasons(problem, v, layout)
             if not reasons:
                 return cand

@@ -179,6 +179,11 @@ class Kernel(Stage):
     def not_supported_reasons(self, problem: AttentionProblem, v: Tensor, layout: BlockLayout | None) -> list[str]:
         return capability_reasons(self.capabilities, problem, v, repr(self.name))
 
+    def emulated(self, problem: AttentionProblem) -> bool:
+        """True when this kernel would run through an emulator (Triton's interpreter) on this device;
+        ``kernel="auto"`` then prefers any natively running kernel."""
+        return problem.device.type not in self.capabilities.devices
+
     def forward(self, problem: AttentionProblem, v: Tensor, layout: BlockLayout) -> Tensor:
         raise NotImplementedError
 
