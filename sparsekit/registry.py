@@ -73,6 +73,9 @@ class Registry:
         if self.pm.has_plugin(name):
             raise PluginError(f"a plugin named {name!r} is already registered ({self.sources.get(name)}). "
                               "Fix: register it under another name")
+        if self.pm.is_registered(plugin):
+            raise PluginError(f"this plugin object is already registered as {self.pm.get_name(plugin)!r}; cannot add "
+                              f"it again as {name!r}. Fix: unregister it first, or register a different object")
         self.pm.register(plugin, name=name)
         self.sources[name] = source
         try:

@@ -85,6 +85,8 @@ def test_duplicate_names_name_both_owners():
     assert not reg.pm.has_plugin("copycat")
     with pytest.raises(PluginError, match="already registered"):
         reg.register_plugin(proxyattn, "proxyattn")
+    with pytest.raises(PluginError, match="already registered as 'proxyattn'; cannot add it again as 'again'"):
+        reg.register_plugin(proxyattn, "again")
 
 
 def test_registered_class_must_subclass_the_stage_base():
