@@ -1,0 +1,214 @@
+"""Triton block-sparse FlashAttention-2 forward (``@triton.jit`` code only; see ``op.py``).
+
+One program computes one ``BLOCK_M`` tile of query rows for one (batch, query head). It loads the q
+tile once, then walks the kept kv-blocks of its layout row (``kv_indices[b, h, i, :kv_counts[b, h, i]]``)
+in two phases:
+
+* fast phase: the leading kept blocks that lie entirely below the causal diagonal of every row in the
+  tile and entirely inside the sequence: no mask at all;
+* masked phase: the remaining blocks (diagonal / sequence end / anything the fast test rejected):
+  causal + ragged mask, fully-masked tiles skipped.
+
+Online softmax runs in fp32 in log2 space (``log2(e)`` folded into ``qk_scale``). K/V of query head
+``h`` come from KV head ``h // GROUP`` through strides (never repeated in memory).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+_LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _seq_len(LENS, b, N, HAS_LENS: tl.constexpr):
+    # per-sequence valid length, clamped to [0, N]
+    if HAS_LENS:
+        n = tl.load(LENS + b).to(tl.int32)
+        n = tl.minimum(tl.maximum(n, 0), N)
+    else:
+        n = N
+    return n
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # UPCAST_DOT: interpreter-only workaround (its tl.dot multiplies bf16 raw bits); exact, since
+    # products of 16-bit floats are exact in fp32
+    if UPCAST_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE_DOT:
+        res = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        res = tl.dot(a, b, acc)
+    return res
+
+
+@triton.jit
+def _first_masked_slot(idx_row, stride_is, count, fast_end, nKb,
+                       BLOCK_K: tl.constexpr, IDX_CHUNK: tl.constexpr):
+    # length of the leading run of kept blocks that need no mask: block j is mask-free iff
+    # (j + 1) * BLOCK_K <= fast_end. Robust to any order (the contract says ascending).
+    n_fast = count
+    for s0 in range(0, count, IDX_CHUNK):
+        offs_s = s0 + tl.arange(0, IDX_CHUNK)
+        in_row = offs_s < count
+        j = tl.load(idx_row + offs_s * stride_is, mask=in_row, other=0)
+        j = tl.minimum(tl.maximum(j, 0), nKb - 1)
+        bad = in_row & ((j + 1) * BLOCK_K > fast_end)
+        n_fast = tl.minimum(n_fast, tl.min(tl.where(bad, offs_s, count), 0))
+    return n_fast
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q,
+                    k_base, v_base, stride_kn, stride_vn,
+                    idx_row, stride_is, lo, hi, nKb,
+                    k_len, q_pos, last_key, offs_n, qk_scale,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB: tl.constexpr,
+                    MASKED: tl.constexpr, CAUSAL: tl.constexpr, POS_SCALE: tl.constexpr,
+                    IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # iteration `it` = kv sub-tile (it % SUB) of kept slot (it // SUB)
+    for it in range(lo, hi):
+        # kv block index: one scalar load per iteration (cached across the SUB sub-tiles)
+        j = tl.load(idx_row + (it // SUB) * stride_is)
+        j = tl.minimum(tl.maximum(j, 0), nKb - 1)
+        start_n = j * BLOCK_K + (it % SUB) * BLOCK_N
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        if MASKED:
+            # diagonal / sequence-end block: mask, skip tiles no row can see
+            if start_n <= last_key:
+                offs_kn = start_n + offs_n
+                k_ok = offs_kn < k_len
+                k = tl.load(k_base + start_n * stride_kn, mask=k_ok[:, None], other=0.0)
+                qk = _dot(q, tl.trans(k), None, IEEE_DOT, UPCAST_DOT)
+                qk = qk * qk_scale
+                ok = k_ok[None, :]
+                if CAUSAL:
+                    ok = ok & (offs_kn[None, :] <= q_pos[:, None])
+                qk = tl.where(ok, qk, float("-inf"))
+                m_ij = tl.maximum(m_i, tl.max(qk, 1))
+                # rows that saw no key yet keep m = -inf: shift by 0 instead (p = 0, alpha = 0)
+                m_safe = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+                p = tl.math.exp2(qk - m_safe[:, None])
+                alpha = tl.math.exp2(m_i - m_safe)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None]
+                v = tl.load(v_base + start_n * stride_vn, mask=k_ok[:, None], other=0.0)
+                acc = _dot(p.to(v.dtype), v, acc, IEEE_DOT, UPCAST_DOT)
+                m_i = m_ij
+        else:
+            # steady state: no mask
+            k = tl.load(k_base + start_n * stride_kn)
+            qk = _dot(q, tl.trans(k), None, IEEE_DOT, UPCAST_DOT)
+            if POS_SCALE:
+                m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                qk = qk * qk_scale - m_ij[:, None]
+            else:
+                qk = qk * qk_scale
+                m_ij = tl.maximum(m_i, tl.max(qk, 1))
+                qk = qk - m_ij[:, None]
+            p = tl.math.exp2(qk)
+            alpha = tl.math.exp2(m_i - m_ij)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            v = tl.load(v_base + start_n * stride_vn)
+            acc = _dot(p.to(v.dtype), v, acc, IEEE_DOT, UPCAST_DOT)
+            m_i = m_ij
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _block_sparse_attn_fwd(
+    Q, K, V, O, LSE, KV_COUNTS, KV_INDICES, Q_LENS, K_LENS,
+    qk_scale,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_cb, stride_ch, stride_cq,
+    stride_ib, stride_ih, stride_iq, stride_is,
+    stride_lb, stride_lh,
+    H, GROUP, Nq, Nk, nKb, MAX_K,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
+    RETURN_LSE: tl.constexpr, POS_SCALE: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    IDX_CHUNK: tl.constexpr,
+):
+    # heavy rows first: grid is (B*Hq, n_m_tiles); the last q-tiles (most kept blocks under
+    # causal) get the lowest linear program ids, and all heads of one tile launch together
+    pid_bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    hk64 = hk.to(tl.int64)
+
+    q_len = _seq_len(Q_LENS, b, Nq, HAS_Q_LENS)
+    k_len = _seq_len(K_LENS, b, Nk, HAS_K_LENS)
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+
+    # load q once (padded rows read as 0)
+    q_ptrs = Q + b64 * stride_qb + h64 * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=(offs_m < q_len)[:, None], other=0.0)
+
+    # loop-invariant K/V pointers of KV head h // GROUP; per tile only a scalar offset is added
+    k_base = K + b64 * stride_kb + hk64 * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_base = V + b64 * stride_vb + hk64 * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+
+    # layout row of this tile
+    qb = start_m // BLOCK_Q
+    count = tl.load(KV_COUNTS + b64 * stride_cb + h * stride_ch + qb * stride_cq)
+    count = tl.minimum(tl.maximum(count, 0), MAX_K)
+    count = tl.where(start_m < q_len, count, 0)  # tile entirely in the padding: nothing to do
+    idx_row = KV_INDICES + b64 * stride_ib + h * stride_ih + qb * stride_iq
+
+    # bottom-right causal: row r sits at absolute position k_len - q_len + r
+    q_pos = offs_m + (k_len - q_len)
+    if CAUSAL:
+        first_pos = start_m + (k_len - q_len)
+        last_pos = tl.minimum(start_m + BLOCK_M, q_len) - 1 + (k_len - q_len)
+        fast_end = tl.minimum(first_pos + 1, k_len)
+        last_key = tl.minimum(last_pos, k_len - 1)
+    else:
+        fast_end = k_len
+        last_key = k_len - 1
+
+    SUB: tl.constexpr = BLOCK_K // BLOCK_N
+    n_fast = _first_masked_slot(idx_row, stride_is, count, fast_end, nKb, BLOCK_K, IDX_CHUNK)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # blocks below the diagonal and inside the sequence: no mask
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+                                    idx_row, stride_is, 0, n_fast * SUB, nKb,
+                                    k_len, q_pos, last_key, offs_n, qk_scale,
+                                    BLOCK_N, BLOCK_K, SUB, False, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT)
+    # diagonal block / sequence end: mask
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+                                    idx_row, stride_is, n_fast * SUB, count * SUB, nKb,
+                                    k_len, q_pos, last_key, offs_n, qk_scale,
+                                    BLOCK_N, BLOCK_K, SUB, True, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT)
+
+    # epilogue: rows that saw no key (or are padding) -> 0 and lse -inf
+    row_ok = (offs_m < q_len) & (l_i > 0.0)
+    l_safe = tl.where(row_ok, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    out = tl.where(row_ok[:, None], out, 0.0)
+    o_ptrs = O + b64 * stride_ob + h64 * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m < Nq)[:, None])
+    if RETURN_LSE:
+        lse = tl.where(row_ok, (m_i + tl.math.log2(l_safe)) * _LN2, float("-inf"))
+        tl.store(LSE + b64 * stride_lb + h64 * stride_lh + offs_m, lse, mask=offs_m < Nq)

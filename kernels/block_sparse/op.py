@@ -1,0 +1,427 @@
+"""Launcher of the Triton block-sparse attention forward (contract: ``naive.py``'s docstring).
+
+``block_sparse_attention`` validates its inputs with ``not_supported_reasons`` (raising one
+``ValueError`` that lists every problem) and launches ``kernel._block_sparse_attn_fwd``. Nothing is
+allocated besides the output (unless ``out=`` is given) and the log-sum-exp (when asked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from . import kernel as _kernel
+
+
+def _detect_interpreter() -> bool:
+    # triton decides interpreter vs compiler when the kernel is decorated (at import)
+    fn = _kernel._block_sparse_attn_fwd
+    if type(fn).__name__ == "InterpretedFunction":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+#: True when the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 at import).
+_INTERPRET: bool = _detect_interpreter()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What ``block_sparse_attention`` accepts, as data."""
+
+    dtypes: tuple[torch.dtype, ...]
+    head_dims: tuple[int, ...]
+    devices: tuple[str, ...]
+    block_sizes: tuple[int, ...]  # allowed layout block_q / block_k (powers of two)
+    index_dtype: torch.dtype  # kv_counts / kv_indices
+    len_dtypes: tuple[torch.dtype, ...]  # q_lens / k_lens
+    gqa: bool
+    varlen: bool
+    causal: bool
+    non_causal: bool
+    lse: bool
+    out_buffer: bool
+    min_compute_capability: tuple[int, int]
+
+
+CAPABILITIES = Capabilities(
+    dtypes=(torch.bfloat16, torch.float16, torch.float32),
+    head_dims=(16, 32, 64, 128, 256),
+    devices=("cuda", "cpu") if _INTERPRET else ("cuda",),
+    block_sizes=(16, 32, 64, 128, 256),
+    index_dtype=torch.int32,
+    len_dtypes=(torch.int32, torch.int64),
+    gqa=True,
+    varlen=True,
+    causal=True,
+    non_causal=True,
+    lse=True,
+    out_buffer=True,
+    min_compute_capability=(8, 0),
+)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Kernel tiling: ``block_m`` must divide ``block_q``, ``block_n`` must divide ``block_k``."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def default_config(head_dim: int, dtype: torch.dtype, block_q: int, block_k: int) -> KernelConfig:
+    """Tile sizes by head dim and dtype (H100-oriented), clamped to the layout blocks."""
+    if dtype == torch.float32:  # IEEE fp32 dot (tests / debugging), no tensor cores
+        bm, bn, warps, stages = (32, 32, 4, 2) if head_dim > 128 else (64, 32, 4, 2)
+    elif head_dim > 128:  # fp32 acc of 64x256 is already 64 regs/thread with 8 warps
+        bm, bn, warps, stages = 64, 64, 8, 2
+    elif head_dim > 64:  # D=128: q 32 KB + 3 x (K, V) 16 KB tiles in shared memory
+        bm, bn, warps, stages = 128, 64, 8, 3
+    else:
+        bm, bn, warps, stages = 128, 64, 4, 3
+    bm, bn = min(bm, block_q), min(bn, block_k)
+    if bm < 64:
+        warps = min(warps, 4)
+    return KernelConfig(bm, bn, warps, stages)
+
+
+def _fmt_dtypes(dts) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dts)
+
+
+def _fmt_ints(xs) -> str:
+    return ", ".join(str(x) for x in xs)
+
+
+def not_supported_reasons(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv_counts: Tensor,
+    kv_indices: Tensor,
+    *,
+    block_q: int,
+    block_k: int,
+    q_lens: Tensor | None = None,
+    k_lens: Tensor | None = None,
+) -> list[str]:
+    """Every reason the Triton kernel cannot run these inputs (empty list: supported).
+
+    Each reason names the field, its value, the supported values and a fix.
+    """
+    caps = CAPABILITIES
+    reasons: list[str] = []
+    named = {"q": q, "k": k, "v": v, "kv_counts": kv_counts, "kv_indices": kv_indices}
+    if q_lens is not None:
+        named["q_lens"] = q_lens
+    if k_lens is not None:
+        named["k_lens"] = k_lens
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            reasons.append(f"{name} is a {type(t).__name__} (supported: torch.Tensor): pass a tensor")
+    if reasons:
+        return reasons
+
+    # ranks
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            reasons.append(
+                f"{name}.dim()={t.dim()} (supported: 4, [B, H, N, D]): reshape {name} to [B, H, N, D]"
+            )
+    if reasons:
+        return reasons
+    B, Hq, Nq, D = q.shape
+    Bk, Hkv, Nk, Dk = k.shape
+
+    # dtypes
+    supported_dt = _fmt_dtypes(caps.dtypes)
+    if q.dtype not in caps.dtypes:
+        reasons.append(
+            f"q.dtype={_fmt_dtypes([q.dtype])} (supported: {supported_dt}): cast q, k, v to bfloat16/float16 "
+            "or use kernel='torch'"
+        )
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            reasons.append(
+                f"{name}.dtype={_fmt_dtypes([t.dtype])} differs from q.dtype={_fmt_dtypes([q.dtype])} "
+                f"(supported: one dtype of {supported_dt} for q, k, v): cast {name} to q.dtype"
+            )
+
+    # devices
+    dev = q.device
+    for name, t in named.items():
+        if t.device != dev:
+            reasons.append(
+                f"{name}.device={t.device} differs from q.device={dev} (supported: all tensors on one "
+                f"device): move {name} to {dev}"
+            )
+    if dev.type == "cpu":
+        if not _INTERPRET:
+            reasons.append(
+                "device=cpu without TRITON_INTERPRET=1 (supported: cuda): move tensors to a GPU, set "
+                "TRITON_INTERPRET=1 before importing the kernel, or use kernel='torch'"
+            )
+    elif dev.type == "cuda":
+        if _INTERPRET:
+            reasons.append(
+                "device=cuda with TRITON_INTERPRET=1 (supported: cpu under the interpreter): move tensors "
+                "to the CPU or unset TRITON_INTERPRET"
+            )
+        else:
+            cc = torch.cuda.get_device_capability(dev)
+            if cc < caps.min_compute_capability:
+                need = ".".join(map(str, caps.min_compute_capability))
+                reasons.append(
+                    f"compute capability={cc[0]}.{cc[1]} (supported: >= {need}): use an Ampere or newer "
+                    "GPU or kernel='torch'"
+                )
+    else:
+        reasons.append(
+            f"device={dev.type} (supported: {', '.join(caps.devices)}): move tensors to a GPU or use "
+            "kernel='torch'"
+        )
+
+    # shapes
+    if D not in caps.head_dims:
+        reasons.append(
+            f"head_dim={D} (supported: {_fmt_ints(caps.head_dims)}): pad the head dim or use kernel='torch'"
+        )
+    if Dk != D:
+        reasons.append(f"k head_dim={Dk} differs from q head_dim={D} (supported: equal): give k q's head dim")
+    if tuple(v.shape) != tuple(k.shape):
+        reasons.append(
+            f"v.shape={tuple(v.shape)} differs from k.shape={tuple(k.shape)} (supported: equal, "
+            "[B, Hkv, Nk, D]): give v the shape of k"
+        )
+    if Bk != B:
+        reasons.append(f"k batch={Bk} differs from q batch={B} (supported: equal): give q and k the same batch")
+    if Hkv == 0 or Hq % Hkv != 0:
+        reasons.append(
+            f"Hq % Hkv = {Hq} % {Hkv} != 0 (supported: Hq a multiple of Hkv): use a number of KV heads "
+            "that divides the number of query heads"
+        )
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() == 4 and t.shape[-1] > 1 and t.stride(-1) != 1:
+            reasons.append(
+                f"{name}.stride(-1)={t.stride(-1)} (supported: 1, contiguous head dim; other strides are "
+                f"free): call {name}.contiguous() or copy it"
+            )
+
+    # block sizes
+    for name, bs in (("block_q", block_q), ("block_k", block_k)):
+        if not isinstance(bs, int) or isinstance(bs, bool) or bs not in caps.block_sizes:
+            reasons.append(
+                f"{name}={bs!r} (supported: {_fmt_ints(caps.block_sizes)}): build the layout with a "
+                "supported block size or use kernel='torch'"
+            )
+
+    # layout tensors
+    n_qb = math.ceil(Nq / block_q) if isinstance(block_q, int) and block_q > 0 else None
+    for name, t, rank in (("kv_counts", kv_counts, 3), ("kv_indices", kv_indices, 4)):
+        if t.dtype != caps.index_dtype:
+            reasons.append(
+                f"{name}.dtype={_fmt_dtypes([t.dtype])} (supported: int32): convert with "
+                f"{name}.to(torch.int32)"
+            )
+        if t.dim() != rank:
+            want = "[B, Hq, nQb]" if rank == 3 else "[B, Hq, nQb, max_k]"
+            reasons.append(
+                f"{name}.shape={tuple(t.shape)} (supported: {rank}-D {want}): build the layout for "
+                f"B={B}, Hq={Hq}, nQb=ceil(Nq/block_q)"
+            )
+        elif n_qb is not None and tuple(t.shape[:3]) != (B, Hq, n_qb):
+            reasons.append(
+                f"{name}.shape={tuple(t.shape)} (supported: leading dims (B, Hq, nQb)=({B}, {Hq}, {n_qb}) "
+                f"for Nq={Nq}, block_q={block_q}): rebuild the layout for these q/block sizes"
+            )
+    if kv_counts.dim() == 3 and kv_indices.dim() == 4 and tuple(kv_counts.shape) != tuple(kv_indices.shape[:3]):
+        reasons.append(
+            f"kv_counts.shape={tuple(kv_counts.shape)} differs from kv_indices.shape[:3]="
+            f"{tuple(kv_indices.shape[:3])} (supported: equal): pass counts and indices of one layout"
+        )
+
+    # per-sequence lengths
+    for name, t in (("q_lens", q_lens), ("k_lens", k_lens)):
+        if t is None:
+            continue
+        if t.dtype not in caps.len_dtypes:
+            reasons.append(
+                f"{name}.dtype={_fmt_dtypes([t.dtype])} (supported: {_fmt_dtypes(caps.len_dtypes)}): "
+                f"convert with {name}.to(torch.int32)"
+            )
+        if tuple(t.shape) != (B,):
+            reasons.append(
+                f"{name}.shape={tuple(t.shape)} (supported: ({B},), one length per sequence): pass one "
+                "length per batch entry"
+            )
+    return reasons
+
+
+def _resolve_config(config, head_dim, dtype, block_q, block_k) -> KernelConfig:
+    cfg = default_config(head_dim, dtype, block_q, block_k)
+    if config is None:
+        return cfg
+    if isinstance(config, KernelConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        unknown = set(config) - {"block_m", "block_n", "num_warps", "num_stages"}
+        if unknown:
+            raise ValueError(
+                f"config keys {sorted(unknown)} (supported: block_m, block_n, num_warps, num_stages): "
+                "drop the unknown keys"
+            )
+        cfg = replace(cfg, **dict(config))
+    else:
+        raise ValueError(
+            f"config={config!r} (supported: None, KernelConfig or a dict of block_m/block_n/num_warps/"
+            "num_stages): pass one of those"
+        )
+    bad = []
+    for name, tile, layout, lname in (("block_m", cfg.block_m, block_q, "block_q"),
+                                      ("block_n", cfg.block_n, block_k, "block_k")):
+        if tile < 16 or tile & (tile - 1) or layout % tile:
+            bad.append(
+                f"config.{name}={tile} (supported: a power of two >= 16 dividing {lname}={layout}): "
+                f"pick a tile that divides {lname}"
+            )
+    if cfg.num_warps not in (1, 2, 4, 8, 16):
+        bad.append(f"config.num_warps={cfg.num_warps} (supported: 1, 2, 4, 8, 16): pick one of those")
+    if cfg.num_stages < 1:
+        bad.append(f"config.num_stages={cfg.num_stages} (supported: >= 1): pick a positive number")
+    if bad:
+        raise ValueError("block_sparse_attention: unsupported config:\n  - " + "\n  - ".join(bad))
+    return cfg
+
+
+def block_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv_counts: Tensor,
+    kv_indices: Tensor,
+    *,
+    block_q: int,
+    block_k: int,
+    causal: bool = True,
+    q_lens: Tensor | None = None,
+    k_lens: Tensor | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+    out: Tensor | None = None,
+    config: KernelConfig | Mapping[str, Any] | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Block-sparse attention forward with the Triton kernel (same contract as the naive twin).
+
+    ``out``: optional preallocated output ``[B, Hq, Nq, D]`` of q's dtype and device (any strides with
+    a contiguous last dim); every row of it is written (padded / empty rows with 0).
+    ``config``: optional tiling override (``KernelConfig`` or dict with any of ``block_m``, ``block_n``,
+    ``num_warps``, ``num_stages``), for tuning; default from ``default_config``.
+    Returns ``out`` or ``(out, lse)`` with ``lse`` float32 ``[B, Hq, Nq]``.
+    """
+    reasons = not_supported_reasons(
+        q, k, v, kv_counts, kv_indices, block_q=block_q, block_k=block_k, q_lens=q_lens, k_lens=k_lens
+    )
+    if scale is None:
+        d = q.shape[-1] if isinstance(q, Tensor) and q.dim() > 0 else 1
+        scale = 1.0 / math.sqrt(max(d, 1))
+    scale = float(scale)
+    if not math.isfinite(scale) or scale == 0.0:
+        reasons.append(f"scale={scale} (supported: finite and non-zero): pass a finite non-zero scale")
+    B, Hq, Nq, D = q.shape if isinstance(q, Tensor) and q.dim() == 4 else (0, 0, 0, 0)
+    if out is not None and not reasons:
+        want = (B, Hq, Nq, D)
+        if not isinstance(out, torch.Tensor):
+            reasons.append(f"out is a {type(out).__name__} (supported: torch.Tensor or None): pass a tensor")
+        else:
+            if tuple(out.shape) != want:
+                reasons.append(f"out.shape={tuple(out.shape)} (supported: {want}): allocate out like q")
+            if out.dtype != q.dtype:
+                reasons.append(
+                    f"out.dtype={_fmt_dtypes([out.dtype])} (supported: q.dtype={_fmt_dtypes([q.dtype])}): "
+                    "allocate out with q's dtype"
+                )
+            if out.device != q.device:
+                reasons.append(f"out.device={out.device} (supported: q.device={q.device}): allocate out on q's device")
+            if out.dim() == 4 and out.shape[-1] > 1 and out.stride(-1) != 1:
+                reasons.append(
+                    f"out.stride(-1)={out.stride(-1)} (supported: 1): pass a buffer with a contiguous last dim"
+                )
+    if reasons:
+        raise ValueError(
+            "block_sparse_attention: inputs not supported by the Triton kernel:\n  - " + "\n  - ".join(reasons)
+        )
+    cfg = _resolve_config(config, D, q.dtype, block_q, block_k)
+
+    Hkv, Nk = k.shape[1], k.shape[2]
+    max_k = kv_indices.shape[-1]
+    if out is None:
+        out = torch.empty((B, Hq, Nq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device) if return_lse else None
+    if out.numel() == 0 and (lse is None or lse.numel() == 0):
+        return (out, lse) if return_lse else out
+    if Nk == 0 or max_k == 0:
+        # no key anywhere: every row is empty
+        out.zero_()
+        if lse is not None:
+            lse.fill_(float("-inf"))
+        return (out, lse) if return_lse else out
+
+    n_kb = math.ceil(Nk / block_k)
+    n_m = math.ceil(Nq / cfg.block_m)
+    lse_arg = lse if lse is not None else out  # unused pointer when RETURN_LSE is False
+    stride_lb, stride_lh = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
+    q_lens_arg = q_lens if q_lens is not None else kv_counts  # unused pointer when HAS_Q_LENS is False
+    k_lens_arg = k_lens if k_lens is not None else kv_counts
+    grid = (B * Hq, n_m)
+
+    args = (
+        q, k, v, out, lse_arg, kv_counts, kv_indices, q_lens_arg, k_lens_arg,
+        scale * 1.4426950408889634,  # log2(e) folded into the scale
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        kv_counts.stride(0), kv_counts.stride(1), kv_counts.stride(2),
+        kv_indices.stride(0), kv_indices.stride(1), kv_indices.stride(2), kv_indices.stride(3),
+        stride_lb, stride_lh,
+        Hq, Hq // Hkv, Nq, Nk, n_kb, max_k,
+    )
+    kwargs = dict(
+        HEAD_DIM=D,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_Q=block_q, BLOCK_K=block_k,
+        CAUSAL=bool(causal), HAS_Q_LENS=q_lens is not None, HAS_K_LENS=k_lens is not None,
+        RETURN_LSE=bool(return_lse), POS_SCALE=scale > 0, IEEE_DOT=q.dtype == torch.float32,
+        UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16,
+        IDX_CHUNK=64,
+    )
+    _launch(grid, args, kwargs, cfg, q.device)
+    return (out, lse) if return_lse else out
+
+
+# (kwargs of one specialization) -> num_stages that fit in shared memory, learnt on OutOfResources
+_STAGES_THAT_FIT: dict[tuple, int] = {}
+
+
+def _launch(grid, args, kwargs, cfg: KernelConfig, device: torch.device) -> None:
+    key = (device.type, device.index, cfg, tuple(sorted(kwargs.items())))
+    stages = _STAGES_THAT_FIT.get(key, cfg.num_stages)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        while True:
+            try:
+                _kernel._block_sparse_attn_fwd[grid](*args, **kwargs, num_warps=cfg.num_warps,
+                                                     num_stages=stages)
+                break
+            except Exception as e:  # too many stages for this GPU's shared memory: use fewer
+                if type(e).__name__ != "OutOfResources" or stages <= 1:
+                    raise
+                stages -= 1
+                _STAGES_THAT_FIT[key] = stages

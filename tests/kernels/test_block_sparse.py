@@ -1,0 +1,418 @@
+"""Tests of the Triton block-sparse attention kernel (``kernels/block_sparse``).
+
+Without a GPU the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 must be set before the
+kernel module is imported), so sizes stay small. Every output buffer is NaN-poisoned before the call.
+Accuracy rule: the kernel's max error against a float64 reference must be at most 2x the error of
+plain torch computing the same thing in the input dtype (plus a tiny absolute floor).
+"""
+
+from __future__ import annotations
+
+import os
+
+if not os.environ.get("TRITON_INTERPRET") and not __import__("torch").cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import math
+import zlib
+from dataclasses import FrozenInstanceError, dataclass
+from functools import lru_cache
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsekit.kernels.block_sparse import (
+    CAPABILITIES,
+    block_sparse_attention,
+    block_sparse_attention_naive,
+    not_supported_reasons,
+)
+from sparsekit.kernels.block_sparse import op as bs_op
+
+DEVICE = "cuda" if torch.cuda.is_available() and not bs_op._INTERPRET else "cpu"
+
+
+def floor(dtype, ref):
+    """Absolute floor of the accuracy rule: a quarter of one rounding step of ``dtype`` at the
+    reference's magnitude, plus 1e-6. (With few keys per row the output is O(1) and both errors are
+    about one output rounding; the kernel additionally rounds P to the input dtype, like FA2.)"""
+    return torch.finfo(dtype).eps / 4 * max(ref.abs().max().item(), 1.0) + 1e-6
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _lens(lens, n, B):
+    return [n] * B if lens is None else [int(x) for x in lens]
+
+
+def make_layout(B, Hq, Nq, Nk, bq, bk, *, causal, q_lens=None, k_lens=None, kind="random", gen=None,
+                extra_pad=1):
+    """Layout (kv_counts int32 [B,Hq,nQb], kv_indices int32 [B,Hq,nQb,max_k]).
+
+    kind: "random" (random count and ascending blocks within the causal range, always with the
+    diagonal block), "full" (every visible block), "diag" (only the diagonal block), "random_empty"
+    (random, with some rows kept empty). Padding entries are garbage (never read).
+    """
+    nQb, nKb = math.ceil(Nq / bq), math.ceil(Nk / bk)
+    ql, kl = _lens(q_lens, Nq, B), _lens(k_lens, Nk, B)
+    max_k = nKb + extra_pad
+    counts = torch.zeros(B, Hq, nQb, dtype=torch.int32)
+    # garbage padding: huge, negative and in-range values
+    idx = torch.randint(-(10**6), 10**6, (B, Hq, nQb, max_k), generator=gen, dtype=torch.int64).to(torch.int32)
+    for b in range(B):
+        nkb_b = max(1, math.ceil(kl[b] / bk))
+        for i in range(nQb):
+            r_last = min((i + 1) * bq, max(ql[b], 1)) - 1
+            if causal:
+                last_pos = kl[b] - ql[b] + r_last
+                last = min(last_pos // bk, nkb_b - 1) if last_pos >= 0 else -1
+            else:
+                last = nkb_b - 1
+            for h in range(Hq):
+                if last < 0:  # no visible key: keep one (fully masked) block anyway
+                    sel = [int(torch.randint(0, nKb, (1,), generator=gen))]
+                elif kind == "full":
+                    sel = list(range(last + 1))
+                elif kind == "diag":
+                    sel = [last]
+                else:
+                    n = int(torch.randint(1, last + 2, (1,), generator=gen))
+                    sel = sorted(set(torch.randperm(last + 1, generator=gen)[:n].tolist()) | {last})
+                    if kind == "random_empty" and torch.rand((), generator=gen) < 0.3:
+                        sel = []
+                counts[b, h, i] = len(sel)
+                if sel:
+                    idx[b, h, i, : len(sel)] = torch.tensor(sel, dtype=torch.int32)
+    return counts, idx
+
+
+def dense_mask(B, Hq, Nq, Nk, bq, bk, counts, idx, *, causal, q_lens=None, k_lens=None, use_layout=True):
+    """Element mask [B, Hq, Nq, Nk]: layout blocks & lengths & bottom-right causal."""
+    ql, kl = _lens(q_lens, Nq, B), _lens(k_lens, Nk, B)
+    rows = torch.arange(Nq)
+    keys = torch.arange(Nk)
+    mask = torch.zeros(B, Hq, Nq, Nk, dtype=torch.bool)
+    for b in range(B):
+        ok = (rows[:, None] < ql[b]) & (keys[None, :] < kl[b])
+        if causal:
+            ok &= keys[None, :] <= (kl[b] - ql[b] + rows)[:, None]
+        if use_layout:
+            for h in range(Hq):
+                blk = torch.zeros(math.ceil(Nq / bq), math.ceil(Nk / bk) + 1, dtype=torch.bool)
+                for i in range(blk.shape[0]):
+                    c = int(counts[b, h, i])
+                    blk[i, idx[b, h, i, :c].long()] = True
+                kept = blk.repeat_interleave(bq, 0)[:Nq].repeat_interleave(bk, 1)[:, :Nk]
+                mask[b, h] = ok & kept
+        else:
+            mask[b] = ok
+    return mask
+
+
+def reference(q, k, v, mask, scale, dtype):
+    """(out, lse) of dense attention under ``mask`` computed in ``dtype``.
+
+    float64: torch SDPA with the bool mask (the dense reference). Other dtypes: plain torch math in
+    that dtype (matmul, softmax, matmul), the yardstick of the accuracy rule.
+    """
+    group = q.shape[1] // k.shape[1]
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    k = k.repeat_interleave(group, 1)
+    v = v.repeat_interleave(group, 1)
+    s = (q @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    if dtype == torch.float64:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:
+        out = torch.softmax(s, dim=-1) @ v
+    seen = mask.any(-1, keepdim=True)
+    out = torch.where(seen, out, torch.zeros((), dtype=dtype))
+    return out, lse
+
+
+def max_err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def lse_err(a, b):
+    a, b = a.double(), b.double()
+    assert torch.equal(torch.isneginf(a), torch.isneginf(b)), "lse -inf pattern differs"
+    fin = torch.isfinite(b)
+    assert torch.isfinite(a[fin]).all()
+    return max_err(a[fin], b[fin])
+
+
+def check_accuracy(got, ref64, torch_lp, dtype, what):
+    err_k = max_err(got, ref64) if what == "out" else lse_err(got, ref64)
+    if what == "out":
+        err_t = max_err(torch_lp, ref64)
+    else:
+        fin = torch.isfinite(ref64)
+        err_t = max_err(torch_lp[fin], ref64[fin])
+    fin = torch.isfinite(ref64)
+    bound = 2.0 * err_t + floor(dtype, ref64[fin] if what == "lse" else ref64)
+    assert err_k <= bound, f"{what}: kernel err {err_k:.3g} > 2 x torch-{dtype} err {err_t:.3g} + floor"
+
+
+def poisoned(shape, dtype):
+    return torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
+
+
+# --------------------------------------------------------------------------------------------------
+# cases
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    B: int = 1
+    Hq: int = 2
+    Hkv: int = 2
+    Nq: int = 70
+    Nk: int = 70
+    D: int = 32
+    bq: int = 32
+    bk: int = 32
+    dtype: torch.dtype = torch.float32
+    causal: bool = True
+    kind: str = "random"
+    q_lens: tuple | None = None
+    k_lens: tuple | None = None
+    config: tuple | None = None  # (block_m, block_n)
+    seed: int = 0
+
+
+CASES = [
+    Case("full_gqa1_ragged_fp32", Nq=100, Nk=100, kind="full"),
+    Case("full_noncausal_fp16", Nq=45, Nk=77, bq=16, bk=32, dtype=torch.float16, causal=False, kind="full"),
+    Case("random_chunked_gqa4_fp16_d16", Hq=8, Hkv=2, Nq=40, Nk=150, D=16, bq=16, bk=16, dtype=torch.float16),
+    Case("random_gqa7_bf16_bq32_bk64", Hq=7, Hkv=1, Nq=130, Nk=130, bq=32, bk=64, dtype=torch.bfloat16),
+    Case("random_d64_bf16_tiles16", Nq=150, Nk=150, D=64, bq=64, bk=64, dtype=torch.bfloat16, config=(16, 32)),
+    Case("random_d64_fp32_chunked_tiles32", Hq=4, Hkv=1, Nq=96, Nk=170, D=64, bq=64, bk=64, config=(32, 16)),
+    Case("random_noncausal_fp32", Nq=90, Nk=140, bq=16, bk=32, causal=False),
+    Case("diag_only_fp32", Nq=96, Nk=96, kind="diag"),
+    Case("diag_only_chunked_ragged_bf16", Hq=4, Hkv=1, Nq=50, Nk=111, bq=16, bk=32, dtype=torch.bfloat16,
+         kind="diag"),
+    Case("varlen_B3_gqa2_fp32", B=3, Hq=4, Hkv=2, Nq=80, Nk=120, q_lens=(80, 33, 1), k_lens=(120, 64, 17)),
+    Case("varlen_B2_noncausal_bf16", B=2, Hq=2, Hkv=1, Nq=64, Nk=90, bq=16, bk=16, dtype=torch.bfloat16,
+         causal=False, q_lens=(50, 64), k_lens=(90, 23)),
+    Case("varlen_B2_full_fp16_tiles16", B=2, Hq=4, Hkv=4, Nq=64, Nk=64, bq=32, bk=32, dtype=torch.float16,
+         kind="full", q_lens=(64, 20), k_lens=(40, 64), config=(16, 16)),
+    Case("q_longer_than_k_fp32", Nq=80, Nk=50, bq=16, bk=16, kind="full"),
+    Case("empty_rows_fp32", Hq=4, Hkv=2, Nq=96, Nk=128, bq=16, bk=32, kind="random_empty"),
+    Case("default_tiles_block128_fp32", Hq=2, Hkv=1, Nq=300, Nk=300, D=16, bq=128, bk=128),
+    Case("default_tiles_block64_bf16", Hq=2, Hkv=2, Nq=150, Nk=200, D=32, bq=64, bk=64, dtype=torch.bfloat16),
+    Case("single_query_row_fp32", Hq=4, Hkv=1, Nq=1, Nk=33, bq=16, bk=16),
+    Case("bq64_bk16_fp16", Hq=2, Hkv=1, Nq=140, Nk=140, D=32, bq=64, bk=16, dtype=torch.float16, config=(32, 16)),
+]
+
+
+def _make_inputs(c: Case):
+    gen = torch.Generator().manual_seed(1000 + c.seed + zlib.crc32(c.name.encode()) % 1000)
+    q = torch.randn(c.B, c.Hq, c.Nq, c.D, generator=gen)
+    k = torch.randn(c.B, c.Hkv, c.Nk, c.D, generator=gen)
+    v = torch.randn(c.B, c.Hkv, c.Nk, c.D, generator=gen)
+    counts, idx = make_layout(c.B, c.Hq, c.Nq, c.Nk, c.bq, c.bk, causal=c.causal, q_lens=c.q_lens,
+                              k_lens=c.k_lens, kind=c.kind, gen=gen)
+    return q, k, v, counts, idx
+
+
+@lru_cache(maxsize=None)
+def _run_case(c: Case):
+    q, k, v, counts, idx = _make_inputs(c)
+    ql = torch.tensor(c.q_lens, device=DEVICE) if c.q_lens is not None else None
+    kl = torch.tensor(c.k_lens, device=DEVICE, dtype=torch.int32) if c.k_lens is not None else None
+    qd, kd, vd = (t.to(DEVICE, c.dtype) for t in (q, k, v))
+    out = poisoned(qd.shape, c.dtype)
+    cfg = None if c.config is None else dict(block_m=c.config[0], block_n=c.config[1])
+    o, lse = block_sparse_attention(qd, kd, vd, counts.to(DEVICE), idx.to(DEVICE), block_q=c.bq, block_k=c.bk,
+                                    causal=c.causal, q_lens=ql, k_lens=kl, return_lse=True, out=out, config=cfg)
+    assert o.data_ptr() == out.data_ptr()
+    return (q, k, v, counts, idx), o.cpu(), lse.cpu()
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.name for c in CASES])
+def test_matches_dense(c: Case):
+    (q, k, v, counts, idx), o, lse = _run_case(c)
+    assert not torch.isnan(o).any(), "output rows left unwritten (NaN poison survived)"
+    assert o.dtype == c.dtype and lse.dtype == torch.float32
+    mask = dense_mask(c.B, c.Hq, c.Nq, c.Nk, c.bq, c.bk, counts, idx, causal=c.causal, q_lens=c.q_lens,
+                      k_lens=c.k_lens, use_layout=c.kind != "full")
+    scale = 1.0 / math.sqrt(c.D)
+    # inputs as the kernel saw them (rounded to the dtype), then exact math
+    qr, kr, vr = (t.to(c.dtype) for t in (q, k, v))
+    ref_o, ref_lse = reference(qr, kr, vr, mask, scale, torch.float64)
+    lp_o, lp_lse = reference(qr, kr, vr, mask, scale, c.dtype)
+    check_accuracy(o, ref_o, lp_o, c.dtype, "out")
+    check_accuracy(lse, ref_lse, lp_lse.double(), c.dtype, "lse")
+    # padded query rows and rows that see no key are exactly 0, lse -inf
+    empty = ~mask.any(-1)
+    assert (o[empty] == 0).all()
+    assert torch.isneginf(lse[empty]).all()
+
+
+@pytest.mark.parametrize("c", CASES, ids=[c.name for c in CASES])
+def test_matches_naive(c: Case):
+    (q, k, v, counts, idx), o, lse = _run_case(c)
+    qr, kr, vr = (t.to(c.dtype) for t in (q, k, v))
+    ql = torch.tensor(c.q_lens) if c.q_lens is not None else None
+    kl = torch.tensor(c.k_lens) if c.k_lens is not None else None
+    kw = dict(block_q=c.bq, block_k=c.bk, causal=c.causal, q_lens=ql, k_lens=kl, return_lse=True)
+    nv_o, nv_lse = block_sparse_attention_naive(qr, kr, vr, counts, idx, **kw)
+    ref_o, ref_lse = block_sparse_attention_naive(qr.double(), kr.double(), vr.double(), counts, idx, **kw)
+    if c.dtype == torch.float32:
+        torch.testing.assert_close(o, nv_o, rtol=1e-5, atol=2e-6)
+    else:
+        # the naive twin accumulates in fp32 and rounds only the output: the kernel (which also rounds
+        # P to the input dtype, like FlashAttention) stays within 2x its error + 1 ulp-ish floor
+        assert max_err(o, ref_o) <= 2 * max_err(nv_o, ref_o) + floor(c.dtype, ref_o)
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(nv_lse))
+    fin = torch.isfinite(nv_lse)
+    torch.testing.assert_close(lse[fin], nv_lse[fin], rtol=1e-4, atol=1e-4 if c.dtype == torch.float32 else 2e-2)
+    assert max_err(lse[fin], ref_lse[fin]) < (1e-5 if c.dtype == torch.float32 else 1e-2)
+
+
+# --------------------------------------------------------------------------------------------------
+# strides, allocation, edge cases
+
+
+def test_strided_inputs_and_out_buffer():
+    """Arbitrary B/H/N strides for q/k/v/out and the layout tensors; default allocation path."""
+    gen = torch.Generator().manual_seed(7)
+    B, Hq, Hkv, Nq, Nk, D, bq, bk = 2, 4, 2, 48, 80, 32, 16, 16
+    q = torch.randn(B, Nq, Hq, D, generator=gen).to(DEVICE).transpose(1, 2)  # [B, Hq, Nq, D] strided view
+    kv = torch.randn(B, Nk, 2, Hkv, D, generator=gen).to(DEVICE)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    counts, idx = make_layout(B, Hq, Nq, Nk, bq, bk, causal=True, kind="random", gen=gen)
+    counts, idx = counts.to(DEVICE), idx.to(DEVICE)
+    idx_wide = torch.zeros(*idx.shape[:-1], 2 * idx.shape[-1], dtype=torch.int32, device=DEVICE)
+    idx_wide[..., ::2] = idx
+    idx_strided = idx_wide[..., ::2]  # non-unit stride on the slot dim
+    counts_t = counts.transpose(0, 1).contiguous().transpose(0, 1)
+    out_buf = poisoned((B, Nq, Hq, D), torch.float32).transpose(1, 2)
+    o1 = block_sparse_attention(q, k, v, counts_t, idx_strided, block_q=bq, block_k=bk, out=out_buf)
+    assert o1.data_ptr() == out_buf.data_ptr() and not torch.isnan(out_buf).any()
+    o2 = block_sparse_attention(q.contiguous(), k.contiguous(), v.contiguous(), counts, idx, block_q=bq,
+                                block_k=bk)
+    nv = block_sparse_attention_naive(q, k, v, counts, idx, block_q=bq, block_k=bk)
+    torch.testing.assert_close(o1, nv, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(o2, nv, rtol=1e-5, atol=2e-6)
+    assert o2.is_contiguous()
+
+
+def test_custom_scale_and_no_lse():
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 40, 16, generator=gen).to(DEVICE) for _ in range(3))
+    counts, idx = make_layout(1, 2, 40, 40, 16, 16, causal=True, kind="random", gen=gen)
+    counts, idx = counts.to(DEVICE), idx.to(DEVICE)
+    for scale in (0.37, -0.2):
+        o = block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16, scale=scale,
+                                   out=poisoned(q.shape, q.dtype))
+        nv = block_sparse_attention_naive(q, k, v, counts, idx, block_q=16, block_k=16, scale=scale)
+        assert isinstance(o, torch.Tensor)
+        torch.testing.assert_close(o, nv, rtol=1e-5, atol=2e-6)
+
+
+def test_no_kept_blocks_at_all():
+    q = torch.randn(1, 2, 20, 16, device=DEVICE)
+    k = v = torch.randn(1, 1, 30, 16, device=DEVICE)
+    counts = torch.zeros(1, 2, 2, dtype=torch.int32, device=DEVICE)
+    idx = torch.zeros(1, 2, 2, 0, dtype=torch.int32, device=DEVICE)
+    o, lse = block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16, return_lse=True,
+                                    out=poisoned(q.shape, q.dtype))
+    assert (o == 0).all() and torch.isneginf(lse).all()
+    idx = torch.full((1, 2, 2, 3), 99, dtype=torch.int32, device=DEVICE)  # counts 0: padding never read
+    o, lse = block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16, return_lse=True,
+                                    out=poisoned(q.shape, q.dtype))
+    assert (o == 0).all() and torch.isneginf(lse).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# unsupported inputs: ValueError naming the value, never a crash inside Triton
+
+
+def _good(D=32, dtype=torch.float32, Hq=4, Hkv=2, device=DEVICE):
+    q = torch.randn(1, Hq, 32, D, dtype=dtype, device=device)
+    k = torch.randn(1, Hkv, 32, D, dtype=dtype, device=device)
+    v = torch.randn(1, Hkv, 32, D, dtype=dtype, device=device)
+    counts = torch.ones(1, Hq, 2, dtype=torch.int32, device=device)
+    idx = torch.zeros(1, Hq, 2, 2, dtype=torch.int32, device=device)
+    return q, k, v, counts, idx
+
+
+def _raises(match, q, k, v, counts, idx, **kw):
+    kw.setdefault("block_q", 16)
+    kw.setdefault("block_k", 16)
+    with pytest.raises(ValueError, match=match):
+        block_sparse_attention(q, k, v, counts, idx, **kw)
+
+
+def test_supported_inputs_have_no_reasons():
+    q, k, v, counts, idx = _good()
+    assert not_supported_reasons(q, k, v, counts, idx, block_q=16, block_k=16) == []
+
+
+def test_rejects_head_dim_96():
+    _raises(r"head_dim=96 \(supported: 16, 32, 64, 128, 256\)", *_good(D=96))
+
+
+def test_rejects_fp64():
+    _raises(r"q\.dtype=float64 \(supported: bfloat16, float16, float32\)", *_good(dtype=torch.float64))
+
+
+def test_rejects_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setattr(bs_op, "_INTERPRET", False)
+    _raises(r"device=cpu without TRITON_INTERPRET=1 \(supported: cuda\)", *_good(device="cpu"))
+
+
+def test_rejects_index_dtype_and_shape():
+    q, k, v, counts, idx = _good()
+    _raises(r"kv_indices\.dtype=int64 \(supported: int32\)", q, k, v, counts, idx.long())
+    _raises(r"kv_counts\.dtype=int64 \(supported: int32\)", q, k, v, counts.long(), idx)
+    _raises(r"kv_indices\.shape=\(1, 4, 2\)", q, k, v, counts, idx[..., 0])
+    _raises(r"kv_counts\.shape=\(1, 4, 3\)", q, k, v, torch.ones(1, 4, 3, dtype=torch.int32), idx)
+
+
+def test_rejects_heads_not_divisible():
+    _raises(r"Hq % Hkv = 4 % 3 != 0", *_good(Hq=4, Hkv=3))
+
+
+def test_rejects_noncontiguous_last_dim_block_size_lens_devices():
+    q, k, v, counts, idx = _good()
+    q_nc = torch.randn(1, 4, 32, 64, device=DEVICE)[..., ::2]
+    _raises(r"q\.stride\(-1\)=2 \(supported: 1", q_nc, k, v, counts, idx)
+    _raises(r"block_q=48 \(supported: 16, 32, 64, 128, 256\)", q, k, v, counts, idx, block_q=48)
+    _raises(r"q_lens\.dtype=float32", q, k, v, counts, idx, q_lens=torch.ones(1, device=DEVICE))
+    _raises(r"k_lens\.shape=\(2,\)", q, k, v, counts, idx, k_lens=torch.ones(2, dtype=torch.int32, device=DEVICE))
+    _raises(r"k\.device=meta differs from q\.device=", q, k.to("meta"), v, counts, idx)
+
+
+def test_all_reasons_listed_at_once():
+    q, k, v, counts, idx = _good(D=96, dtype=torch.float64)
+    with pytest.raises(ValueError) as ei:
+        block_sparse_attention(q, k, v, counts, idx.long(), block_q=16, block_k=16)
+    msg = str(ei.value)
+    assert "head_dim=96" in msg and "float64" in msg and "kv_indices.dtype=int64" in msg
+
+
+def test_rejects_bad_config_and_out():
+    q, k, v, counts, idx = _good()
+    _raises(r"config\.block_m=32 .*block_q=16", q, k, v, counts, idx, config=dict(block_m=32))
+    _raises(r"out\.shape=", q, k, v, counts, idx, out=torch.empty(1, 4, 32, 16, device=DEVICE))
+    _raises(r"out\.dtype=float16", q, k, v, counts, idx,
+            out=torch.empty(q.shape, dtype=torch.float16, device=DEVICE))
+
+
+def test_capabilities_as_data():
+    assert CAPABILITIES.gqa and CAPABILITIES.varlen and CAPABILITIES.lse
+    assert CAPABILITIES.causal and CAPABILITIES.non_causal
+    assert {torch.bfloat16, torch.float16, torch.float32} <= set(CAPABILITIES.dtypes)
+    assert {64, 128} <= set(CAPABILITIES.head_dims) and 96 not in CAPABILITIES.head_dims
+    assert "cuda" in CAPABILITIES.devices
+    assert {64, 128} <= set(CAPABILITIES.block_sizes)
+    with pytest.raises(FrozenInstanceError):
+        CAPABILITIES.gqa = False  # type: ignore[misc]
