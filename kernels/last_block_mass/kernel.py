@@ -1,0 +1,186 @@
+"""Triton kernels of the ``dynamic`` budget's input (``@triton.jit`` code only; see ``op.py``).
+
+For every real query head, the exact softmax attention of the last ``M_ROWS = min(block_q, Nq)`` query
+rows against all keys, averaged over those rows and summed per kv-block. The keys are split into ranges
+of whole kv-blocks so that ``B * Hq * n_split`` programs share the work (flash-decoding style):
+
+* ``_lbm_row_stats``: program (b*Hq + h, split) -> per-row max and sum of ``exp2(s)`` over its key range
+  (online, fp32, log2 space) -> ``M_PART`` / ``L_PART`` ``[B, Hq, n_split, BLOCK_M]``;
+* ``_lbm_block_mass``: same grid; combines every split's (max, sum) into the row lse, recomputes the
+  scores of its key range and writes ``sum_rows sum_keys 2^(s - lse) / M_ROWS`` per kv-block.
+
+K/V head of query head ``h`` is ``h // GROUP`` (read through strides, never repeated). The grid puts
+heads on its fast axis, so the heads sharing one key range run together and share K in L2.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # UPCAST_DOT: interpreter-only workaround (its tl.dot mishandles bf16); exact, since products of
+    # 16-bit floats are exact in fp32
+    if UPCAST_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE_DOT:
+        res = tl.dot(a, b, input_precision="ieee")
+    else:
+        res = tl.dot(a, b)
+    return res
+
+
+@triton.jit
+def _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # scaled scores (log2 units) of the rows against keys [start_n, start_n + BLOCK_N)
+    offs_kn = start_n + offs_n
+    if MASKED:
+        k_ok = offs_kn < Nk
+        k = tl.load(k_base + start_n * stride_kn, mask=k_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + start_n * stride_kn)
+    qk = _dot(q, tl.trans(k), IEEE_DOT, UPCAST_DOT) * qk_scale
+    if MASKED:
+        ok = k_ok[None, :]
+        if CAUSAL:
+            ok = ok & (offs_kn[None, :] <= q_pos[:, None])
+        qk = tl.where(ok, qk, float("-inf"))
+    return qk
+
+
+@triton.jit
+def _setup(Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+           H, GROUP, Nq, Nk, M_ROWS, SPLIT_N,
+           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    # shared prologue: this program's head, rows, q tile, K pointers and key range
+    pid_bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    row_ok = offs_m < M_ROWS
+    rows = Nq - M_ROWS + offs_m
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    # load q once (padding rows read as 0)
+    q_ptrs = (Q + b64 * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None].to(tl.int64) * stride_qm
+              + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    k_base = (K + b64 * stride_kb + (h // GROUP).to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn
+              + offs_d[None, :] * stride_kd)
+
+    # bottom-right causal: row r sits at position Nk - Nq + r; the first of the rows sees keys < fast_end
+    q_pos = rows + (Nk - Nq)
+    k_lo = split * SPLIT_N
+    k_hi = tl.minimum(k_lo + SPLIT_N, Nk)
+    if CAUSAL:
+        fast_end = tl.minimum(Nk - M_ROWS + 1, k_hi)
+    else:
+        fast_end = k_hi
+    fast_hi = k_lo + tl.maximum(fast_end - k_lo, 0) // BLOCK_N * BLOCK_N  # end of the mask-free tiles
+    return pid_bh, split, row_ok, q, k_base, q_pos, offs_n, k_lo, k_hi, fast_hi
+
+
+@triton.jit
+def _lbm_row_stats(
+    Q, K, M_PART, L_PART,
+    qk_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, N_SPLIT,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    pid_bh, split, row_ok, q, k_base, q_pos, offs_n, k_lo, k_hi, fast_hi = _setup(
+        Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+        H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # keys every row sees: no mask
+    for n0 in range(k_lo, fast_hi, BLOCK_N):
+        start_n = tl.multiple_of(n0, BLOCK_N)
+        qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                          False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_ij[:, None])
+        l_i = l_i * tl.math.exp2(m_i - m_ij) + tl.sum(p, 1)
+        m_i = m_ij
+    # diagonal tiles / sequence end: mask
+    for n0 in range(fast_hi, k_hi, BLOCK_N):
+        start_n = tl.multiple_of(n0, BLOCK_N)
+        qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                          True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        m_ij = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # nothing seen yet: p = 0, alpha = 0
+        p = tl.math.exp2(qk - m_ij[:, None])
+        l_i = l_i * tl.math.exp2(m_i - m_ij) + tl.sum(p, 1)
+        m_i = m_ij
+
+    offs_m = tl.arange(0, BLOCK_M)
+    part = (pid_bh.to(tl.int64) * N_SPLIT + split) * BLOCK_M + offs_m
+    tl.store(M_PART + part, m_i)
+    tl.store(L_PART + part, l_i)
+
+
+@triton.jit
+def _block_sums(mass_row, lse, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale, inv_rows,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # kv-blocks [lo, hi): sum over the block's keys and the rows of 2^(s - lse), divided by the row count
+    SUB: tl.constexpr = BLOCK_K // BLOCK_N
+    for j in range(lo, hi):
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for t in tl.static_range(SUB):
+            start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
+            qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                              MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+            # padding rows carry lse = +inf: 2^-inf = 0
+            acc += tl.sum(tl.math.exp2(qk - lse[:, None]), 0)
+        tl.store(mass_row + j, tl.sum(acc, 0) * inv_rows)
+
+
+@triton.jit
+def _lbm_block_mass(
+    Q, K, M_PART, L_PART, MASS,
+    qk_scale, inv_rows,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_mb, stride_mh,
+    H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, N_SPLIT,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    pid_bh, split, row_ok, q, k_base, q_pos, offs_n, k_lo, k_hi, fast_hi = _setup(
+        Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+        H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)
+
+    # combine every split's row max / row sum into the row lse
+    offs_m = tl.arange(0, BLOCK_M)
+    part = pid_bh.to(tl.int64) * N_SPLIT * BLOCK_M + offs_m
+    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for s in range(0, N_SPLIT):
+        m = tl.maximum(m, tl.load(M_PART + part + s * BLOCK_M))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for s in range(0, N_SPLIT):
+        l += tl.load(L_PART + part + s * BLOCK_M) * tl.math.exp2(tl.load(M_PART + part + s * BLOCK_M) - m_safe)
+    lse = tl.where(row_ok & (l > 0.0), m_safe + tl.math.log2(l), float("inf"))
+
+    # per kv-block mass over this split's key range
+    b = pid_bh // H
+    h = pid_bh % H
+    mass_row = MASS + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+    j_lo = k_lo // BLOCK_K
+    j_fast = fast_hi // BLOCK_K  # blocks wholly inside the mask-free key range
+    j_hi = tl.cdiv(k_hi, BLOCK_K)
+    _block_sums(mass_row, lse, q, k_base, stride_kn, j_lo, j_fast, offs_n, q_pos, Nk, qk_scale, inv_rows,
+                BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+    _block_sums(mass_row, lse, q, k_base, stride_kn, j_fast, j_hi, offs_n, q_pos, Nk, qk_scale,
+                inv_rows, BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT)

@@ -1,0 +1,232 @@
+"""Launcher of the Triton last-block mass kernels (contract: ``naive.py``'s docstring).
+
+``last_block_mass`` validates its inputs with ``not_supported_reasons`` (one ``ValueError`` listing every
+problem), splits the keys into ranges of whole kv-blocks and launches ``kernel._lbm_row_stats`` then
+``kernel._lbm_block_mass``. Allocated: the output ``[B, Hq, nKb]`` float32 and two partial-statistics
+buffers ``[B, Hq, n_split, BLOCK_M]`` float32 (``n_split <= 64``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from . import kernel as _kernel
+
+
+def _detect_interpreter() -> bool:
+    # triton decides interpreter vs compiler when the kernel is decorated (at import)
+    if type(_kernel._lbm_row_stats).__name__ == "InterpretedFunction":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+#: True when the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 at import).
+_INTERPRET: bool = _detect_interpreter()
+
+#: Programs to aim for (heads x key splits): enough to fill a large GPU several times over.
+TARGET_PROGRAMS = 1024
+MAX_SPLITS = 64
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What ``last_block_mass`` accepts, as data."""
+
+    dtypes: tuple[torch.dtype, ...]
+    head_dims: tuple[int, ...]
+    devices: tuple[str, ...]
+    block_sizes: tuple[int, ...]
+    gqa: bool
+    causal: bool
+    non_causal: bool
+    varlen: bool  # per-sequence lengths: no (call it per trimmed sequence)
+
+
+CAPABILITIES = Capabilities(
+    dtypes=(torch.bfloat16, torch.float16, torch.float32),
+    head_dims=(16, 32, 64, 128, 256),
+    devices=("cuda", "cpu") if _INTERPRET else ("cuda",),
+    block_sizes=(16, 32, 64, 128, 256),
+    gqa=True,
+    causal=True,
+    non_causal=True,
+    varlen=False,
+)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``);
+    ``split_blocks`` kv-blocks per key split (``None``: aim at ``TARGET_PROGRAMS`` programs)."""
+
+    block_n: int
+    num_warps: int
+    num_stages: int
+    split_blocks: int | None = None
+
+
+def default_config(head_dim: int, dtype: torch.dtype, block_k: int, rows: int) -> KernelConfig:
+    """Tile by head dim and dtype (the row tile is the ``min(block_q, Nq)`` rows), clamped to the block."""
+    if dtype == torch.float32:
+        bn, warps, stages = 32, 4, 2
+    elif head_dim > 128 or rows > 128:
+        bn, warps, stages = 64, 8, 2
+    else:
+        bn, warps, stages = 64, 4 if rows <= 64 else 8, 3
+    return KernelConfig(min(bn, block_k), warps, stages)
+
+
+def split_blocks_for(heads: int, n_kb: int) -> int:
+    """kv-blocks per key split: about ``TARGET_PROGRAMS`` programs, at most ``MAX_SPLITS`` splits per head."""
+    splits = max(1, min(MAX_SPLITS, TARGET_PROGRAMS // max(heads, 1), n_kb))
+    return math.ceil(n_kb / splits)
+
+
+def _pow2_at_least(n: int, floor: int = 16) -> int:
+    return max(floor, 1 << max(0, (n - 1).bit_length()))
+
+
+def _fmt_dtypes(dts) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dts)
+
+
+def _fmt_ints(xs) -> str:
+    return ", ".join(str(x) for x in xs)
+
+
+def not_supported_reasons(q: Tensor, k: Tensor, *, block_q: int = 128, block_k: int = 128) -> list[str]:
+    """Every reason the Triton kernels cannot run these inputs (empty list: supported).
+
+    Each reason names the field, its value, the supported values and a fix.
+    """
+    caps = CAPABILITIES
+    reasons: list[str] = []
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor):
+            reasons.append(f"{name} is a {type(t).__name__} (supported: torch.Tensor): pass a tensor")
+        elif t.dim() != 4:
+            reasons.append(f"{name}.dim()={t.dim()} (supported: 4, [B, H, N, D]): reshape {name} to [B, H, N, D]")
+    if reasons:
+        return reasons
+    B, Hq, Nq, D = q.shape
+    Bk, Hkv, Nk, Dk = k.shape
+    if q.dtype not in caps.dtypes:
+        reasons.append(f"q.dtype={_fmt_dtypes([q.dtype])} (supported: {_fmt_dtypes(caps.dtypes)}): cast q and k "
+                       "to bfloat16/float16, or use impl='torch'")
+    if k.dtype != q.dtype:
+        reasons.append(f"k.dtype={_fmt_dtypes([k.dtype])} differs from q.dtype={_fmt_dtypes([q.dtype])} "
+                       "(supported: one dtype for q and k): cast k to q.dtype")
+    if k.device != q.device:
+        reasons.append(f"k.device={k.device} differs from q.device={q.device} (supported: one device): "
+                       f"move k to {q.device}")
+    if q.device.type == "cpu" and not _INTERPRET:
+        reasons.append("device=cpu without TRITON_INTERPRET=1 (supported: cuda): move q/k to a GPU, set "
+                       "TRITON_INTERPRET=1 before importing the kernel (tests only), or use impl='torch'")
+    elif q.device.type not in ("cuda", "cpu"):
+        reasons.append(f"device={q.device.type} (supported: {', '.join(caps.devices)}): move q/k to a GPU, or "
+                       "use impl='torch'")
+    if D not in caps.head_dims:
+        reasons.append(f"head_dim={D} (supported: {_fmt_ints(caps.head_dims)}): use impl='torch'")
+    if Dk != D:
+        reasons.append(f"k.shape[3]={Dk} differs from q.shape[3]={D} (supported: equal head dims): pass matching q/k")
+    if Bk != B:
+        reasons.append(f"k.shape[0]={Bk} differs from q.shape[0]={B} (supported: equal batch): pass matching q/k")
+    if Hkv < 1 or Hq % Hkv:
+        reasons.append(f"Hkv={Hkv} does not divide Hq={Hq} (supported: GQA groups of equal size): check the "
+                       "head counts")
+    for name, bs in (("block_q", block_q), ("block_k", block_k)):
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs not in caps.block_sizes:
+            reasons.append(f"{name}={bs!r} (supported: {_fmt_ints(caps.block_sizes)}): use a supported block "
+                           "size or impl='torch'")
+    if Nq < 1 or Nk < 1:
+        reasons.append(f"Nq={Nq}, Nk={Nk} (supported: >= 1 each): drop empty sequences")
+    return reasons
+
+
+def _resolve_config(config, head_dim, dtype, block_k, rows) -> KernelConfig:
+    cfg = default_config(head_dim, dtype, block_k, rows)
+    if config is None:
+        return cfg
+    if isinstance(config, KernelConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks"}
+        if unknown:
+            raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages, "
+                             "split_blocks): drop the unknown keys")
+        cfg = replace(cfg, **dict(config))
+    else:
+        raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of block_n/num_warps/"
+                         "num_stages/split_blocks): pass one of those")
+    bad = []
+    if cfg.block_n < 16 or cfg.block_n & (cfg.block_n - 1) or block_k % cfg.block_n:
+        bad.append(f"config.block_n={cfg.block_n} (supported: a power of two >= 16 dividing block_k={block_k}): "
+                   "pick a tile that divides block_k")
+    if cfg.num_warps not in (1, 2, 4, 8, 16):
+        bad.append(f"config.num_warps={cfg.num_warps} (supported: 1, 2, 4, 8, 16): pick one of those")
+    if cfg.num_stages < 1:
+        bad.append(f"config.num_stages={cfg.num_stages} (supported: >= 1): pick a positive number")
+    if cfg.split_blocks is not None and (isinstance(cfg.split_blocks, bool) or not isinstance(cfg.split_blocks, int)
+                                         or cfg.split_blocks < 1):
+        bad.append(f"config.split_blocks={cfg.split_blocks!r} (supported: None or an integer >= 1): pass None")
+    if bad:
+        raise ValueError("last_block_mass: unsupported config:\n  - " + "\n  - ".join(bad))
+    return cfg
+
+
+def last_block_mass(
+    q: Tensor,
+    k: Tensor,
+    *,
+    block_q: int = 128,
+    block_k: int = 128,
+    causal: bool = True,
+    scale: float | None = None,
+    config: KernelConfig | Mapping[str, Any] | None = None,
+) -> Tensor:
+    """Per-head last-block attention mass per kv-block with the Triton kernels (same contract as
+    ``last_block_mass_naive``). Returns float32 ``[B, Hq, nKb]``.
+
+    ``config``: optional override (``KernelConfig`` or a dict of ``block_n``, ``num_warps``, ``num_stages``,
+    ``split_blocks``) for tuning; default from ``default_config`` and ``split_blocks_for``.
+    """
+    reasons = not_supported_reasons(q, k, block_q=block_q, block_k=block_k)
+    if scale is None and not reasons:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if scale is not None:
+        scale = float(scale)
+        if not math.isfinite(scale) or scale <= 0.0:
+            reasons.append(f"scale={scale} (supported: finite and > 0): pass scale=None (1/sqrt(D))")
+    if reasons:
+        raise ValueError("last_block_mass: inputs not supported by the Triton kernels:\n  - " + "\n  - ".join(reasons))
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    rows = min(block_q, Nq)
+    cfg = _resolve_config(config, D, q.dtype, block_k, rows)
+    n_kb = math.ceil(Nk / block_k)
+    split_blocks = cfg.split_blocks or split_blocks_for(B * Hq, n_kb)
+    n_split = math.ceil(n_kb / split_blocks)
+    block_m = _pow2_at_least(rows)
+
+    out = torch.empty((B, Hq, n_kb), dtype=torch.float32, device=q.device)
+    m_part = torch.empty((B, Hq, n_split, block_m), dtype=torch.float32, device=q.device)
+    l_part = torch.empty_like(m_part)
+    grid = (B * Hq, n_split)
+    common = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=cfg.block_n, CAUSAL=bool(causal),
+                  IEEE_DOT=q.dtype == torch.float32, UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16,
+                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    qk_scale = scale * 1.4426950408889634  # log2(e) folded into the scale
+    strides = (q.stride(0), q.stride(1), q.stride(2), q.stride(3), k.stride(0), k.stride(1), k.stride(2), k.stride(3))
+    sizes = (Hq, Hq // Hkv, Nq, Nk, rows, split_blocks * block_k, n_split)
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
+        _kernel._lbm_row_stats[grid](q, k, m_part, l_part, qk_scale, *strides, *sizes, **common)
+        _kernel._lbm_block_mass[grid](q, k, m_part, l_part, out, qk_scale, 1.0 / rows, *strides,
+                                      out.stride(0), out.stride(1), *sizes, BLOCK_K=block_k, **common)
+    return out

@@ -1,0 +1,170 @@
+"""Triton kernel of ProxyAttn's proxy block scores (``@triton.jit`` code only; see ``op.py``).
+
+One program scores one q-block of one (batch, group). It builds the group's proxy query once (the mean
+of the group's query heads, fused into the loads of the sampled rows: every ``STRIDE``-th row counted back
+from the block's last row), then walks the kv-tiles its rows can see twice:
+
+* pass 1: per-row online max and sum of ``exp2(q . k * qk_scale)`` (fp32, log2 space) -> row lse;
+* pass 2: per kv-block, the row-wise max of the raw scores (no exponentials), minus the row lse, max over
+  rows, one ``exp2`` per kv-block -> the block's max-pooled probability (``max_r p_rj = 2^(max_r (max_j
+  s_rj - lse_r))``, exact since ``exp2`` is monotonic).
+
+Tiles wholly below the causal diagonal of every sampled row and inside the sequence run without a mask.
+Blocks past the q-block's causal horizon are written ``-inf``. No token-level score matrix is stored.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # UPCAST_DOT: interpreter-only workaround (its tl.dot mishandles bf16); exact, since products of
+    # 16-bit floats are exact in fp32
+    if UPCAST_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE_DOT:
+        res = tl.dot(a, b, input_precision="ieee")
+    else:
+        res = tl.dot(a, b)
+    return res
+
+
+@triton.jit
+def _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # scaled scores (log2 units) of the sampled rows against keys [start_n, start_n + BLOCK_N)
+    offs_kn = start_n + offs_n
+    if MASKED:
+        k_ok = offs_kn < Nk
+        k = tl.load(k_base + start_n * stride_kn, mask=k_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + start_n * stride_kn)
+    qk = _dot(q, tl.trans(k), IEEE_DOT, UPCAST_DOT) * qk_scale
+    if MASKED:
+        ok = k_ok[None, :]
+        if CAUSAL:
+            ok = ok & (offs_kn[None, :] <= q_pos[:, None])
+        qk = tl.where(ok, qk, float("-inf"))
+    return qk
+
+
+@triton.jit
+def _row_stats(m_i, l_i, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale,
+               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # pass 1: online row max / row sum over kv-tiles [lo, hi)
+    for t in range(lo, hi):
+        start_n = tl.multiple_of(t * BLOCK_N, BLOCK_N)
+        qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                          MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        if MASKED:
+            # rows that saw no key yet keep m = -inf: shift by 0 instead (p = 0, alpha = 0)
+            m_ij = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+        p = tl.math.exp2(qk - m_ij[:, None])
+        alpha = tl.math.exp2(m_i - m_ij)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_ij
+    return m_i, l_i
+
+
+@triton.jit
+def _pool_blocks(out_row, stride_oj, lse, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale,
+                 BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                 IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # pass 2: kv-blocks [lo, hi): max over the block's keys and the sampled rows of p = 2^(s - lse)
+    SUB: tl.constexpr = BLOCK_K // BLOCK_N
+    for j in range(lo, hi):
+        row_max = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+        for t in tl.static_range(SUB):
+            start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
+            qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                              MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+            row_max = tl.maximum(row_max, tl.max(qk, 1))
+        # invalid rows carry lse = +inf, so they contribute 2^-inf = 0
+        best = tl.max(row_max - lse, 0)
+        tl.store(out_row + j * stride_oj, tl.math.exp2(best))
+
+
+@triton.jit
+def _proxy_scores_fwd(
+    Q, K, OUT,
+    qk_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kg, stride_kn, stride_kd,
+    stride_ob, stride_og, stride_oi, stride_oj,
+    G, Nq, Nk, nKb, QH,
+    STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, FILL_CHUNK: tl.constexpr,
+):
+    # heavy q-blocks first: under causal the last q-blocks see the most keys
+    i = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    b = pid_bg // G
+    g = pid_bg % G
+    b64 = b.to(tl.int64)
+    g64 = g.to(tl.int64)
+
+    # sampled rows: every STRIDE-th row counted back from the block's last row
+    start = i * BLOCK_Q
+    last = tl.minimum(start + BLOCK_Q, Nq) - 1
+    offs_s = tl.arange(0, BLOCK_S)
+    rows = last - offs_s * STRIDE
+    row_ok = (offs_s < N_SAMPLED) & (rows >= start)
+    rows = tl.maximum(rows, 0)
+    offs_d = tl.arange(0, HEAD_DIM)
+
+    # load the proxy query once: mean of the group's QH query heads, accumulated in fp32
+    q_ptrs = Q + b64 * stride_qb + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
+    h0 = (g * QH).to(tl.int64)
+    qp = tl.zeros([BLOCK_S, HEAD_DIM], dtype=tl.float32)
+    for hh in range(0, QH):
+        qp += tl.load(q_ptrs + (h0 + hh) * stride_qh, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    qp = (qp / QH).to(K.dtype.element_ty)
+
+    offs_n = tl.arange(0, BLOCK_N)
+    k_base = K + b64 * stride_kb + g64 * stride_kg + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+
+    # bottom-right causal: row r sits at position Nk - Nq + r
+    q_pos = rows + (Nk - Nq)
+    if CAUSAL:
+        n_back = tl.minimum(N_SAMPLED - 1, (last - start) // STRIDE)
+        key_end = tl.minimum(last + (Nk - Nq) + 1, Nk)  # keys any sampled row sees
+        fast_end = tl.minimum(last - n_back * STRIDE + (Nk - Nq) + 1, Nk)  # keys every sampled row sees
+    else:
+        key_end = Nk
+        fast_end = Nk
+    key_end = tl.maximum(key_end, 0)
+    fast_end = tl.maximum(fast_end, 0)
+
+    # pass 1: row max and row sum
+    m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_S], dtype=tl.float32)
+    n_fast_tiles = fast_end // BLOCK_N
+    m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, 0, n_fast_tiles, offs_n, q_pos, Nk, qk_scale,
+                          BLOCK_N, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+    # diagonal tiles / sequence end: mask
+    m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, n_fast_tiles, tl.cdiv(key_end, BLOCK_N), offs_n,
+                          q_pos, Nk, qk_scale, BLOCK_N, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+    lse = tl.where(row_ok & (l_i > 0.0), m_i + tl.math.log2(l_i), float("inf"))
+
+    # pass 2: max-pooled probabilities per visible kv-block
+    out_row = OUT + b64 * stride_ob + g64 * stride_og + i.to(tl.int64) * stride_oi
+    n_vis = tl.cdiv(key_end, BLOCK_K)
+    n_fast_blocks = fast_end // BLOCK_K
+    _pool_blocks(out_row, stride_oj, lse, qp, k_base, stride_kn, 0, n_fast_blocks, offs_n, q_pos, Nk, qk_scale,
+                 BLOCK_S, BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+    _pool_blocks(out_row, stride_oj, lse, qp, k_base, stride_kn, n_fast_blocks, n_vis, offs_n, q_pos, Nk,
+                 qk_scale, BLOCK_S, BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+
+    # blocks past the causal horizon: -inf
+    for j0 in range(n_vis, nKb, FILL_CHUNK):
+        offs_j = j0 + tl.arange(0, FILL_CHUNK)
+        tl.store(out_row + offs_j * stride_oj, tl.full([FILL_CHUNK], float("-inf"), dtype=tl.float32),
+                 mask=offs_j < nKb)

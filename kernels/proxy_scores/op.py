@@ -1,0 +1,242 @@
+"""Launcher of the Triton proxy-score kernel (contract: ``naive.py``'s docstring).
+
+``proxy_scores`` validates its inputs with ``not_supported_reasons`` (one ``ValueError`` listing every
+problem), forms the proxy keys with one torch reduction (the mean of each group's KV heads; skipped when
+a group has a single KV head) and launches ``kernel._proxy_scores_fwd``, which averages the query heads
+itself while loading the sampled rows. Allocated: the output ``[B, G, nQb, nKb]`` float32 and, when
+``Hkv > G``, the proxy keys ``[B, G, Nk, D]`` in the input dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from . import kernel as _kernel
+
+
+def _detect_interpreter() -> bool:
+    # triton decides interpreter vs compiler when the kernel is decorated (at import)
+    if type(_kernel._proxy_scores_fwd).__name__ == "InterpretedFunction":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+#: True when the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 at import).
+_INTERPRET: bool = _detect_interpreter()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What ``proxy_scores`` accepts, as data."""
+
+    dtypes: tuple[torch.dtype, ...]
+    head_dims: tuple[int, ...]
+    devices: tuple[str, ...]
+    block_sizes: tuple[int, ...]
+    causal: bool
+    non_causal: bool
+    varlen: bool  # per-sequence lengths: no (call it per trimmed sequence)
+
+
+CAPABILITIES = Capabilities(
+    dtypes=(torch.bfloat16, torch.float16, torch.float32),
+    head_dims=(16, 32, 64, 128, 256),
+    devices=("cuda", "cpu") if _INTERPRET else ("cuda",),
+    block_sizes=(16, 32, 64, 128, 256, 512),
+    causal=True,
+    non_causal=True,
+    varlen=False,
+)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``)."""
+
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: int) -> KernelConfig:
+    """Tile by head dim and dtype, clamped to the layout block; more warps for tall (stride 1-2) row tiles."""
+    if dtype == torch.float32:
+        bn, warps, stages = 32, 4, 2
+    elif head_dim > 128:
+        bn, warps, stages = 64, 4, 2
+    else:
+        bn, warps, stages = 128, 4, 3
+    if n_sampled > 64:
+        warps = 8
+    return KernelConfig(min(bn, block_k), warps, stages)
+
+
+def _pow2_at_least(n: int, floor: int = 16) -> int:
+    return max(floor, 1 << max(0, (n - 1).bit_length()))
+
+
+def _fmt_dtypes(dts) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dts)
+
+
+def _fmt_ints(xs) -> str:
+    return ", ".join(str(x) for x in xs)
+
+
+def not_supported_reasons(q: Tensor, k: Tensor, *, groups: int = 1, stride: int = 4, block_q: int = 128,
+                          block_k: int = 128) -> list[str]:
+    """Every reason the Triton kernel cannot score these inputs (empty list: supported).
+
+    Each reason names the field, its value, the supported values and a fix.
+    """
+    caps = CAPABILITIES
+    reasons: list[str] = []
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor):
+            reasons.append(f"{name} is a {type(t).__name__} (supported: torch.Tensor): pass a tensor")
+        elif t.dim() != 4:
+            reasons.append(f"{name}.dim()={t.dim()} (supported: 4, [B, H, N, D]): reshape {name} to [B, H, N, D]")
+    if reasons:
+        return reasons
+    B, Hq, Nq, D = q.shape
+    Bk, Hkv, Nk, Dk = k.shape
+
+    if q.dtype not in caps.dtypes:
+        reasons.append(f"q.dtype={_fmt_dtypes([q.dtype])} (supported: {_fmt_dtypes(caps.dtypes)}): cast q and k "
+                       "to bfloat16/float16, or use impl='torch'")
+    if k.dtype != q.dtype:
+        reasons.append(f"k.dtype={_fmt_dtypes([k.dtype])} differs from q.dtype={_fmt_dtypes([q.dtype])} "
+                       "(supported: one dtype for q and k): cast k to q.dtype")
+    if k.device != q.device:
+        reasons.append(f"k.device={k.device} differs from q.device={q.device} (supported: one device): "
+                       f"move k to {q.device}")
+    if q.device.type == "cpu" and not _INTERPRET:
+        reasons.append("device=cpu without TRITON_INTERPRET=1 (supported: cuda): move q/k to a GPU, set "
+                       "TRITON_INTERPRET=1 before importing the kernel (tests only), or use impl='torch'")
+    elif q.device.type not in ("cuda", "cpu"):
+        reasons.append(f"device={q.device.type} (supported: {', '.join(caps.devices)}): move q/k to a GPU, or "
+                       "use impl='torch'")
+    if D not in caps.head_dims:
+        reasons.append(f"head_dim={D} (supported: {_fmt_ints(caps.head_dims)}): use impl='torch'")
+    if Dk != D:
+        reasons.append(f"k.shape[3]={Dk} differs from q.shape[3]={D} (supported: equal head dims): pass matching q/k")
+    if Bk != B:
+        reasons.append(f"k.shape[0]={Bk} differs from q.shape[0]={B} (supported: equal batch): pass matching q/k")
+    if Hkv < 1 or Hq % Hkv:
+        reasons.append(f"Hkv={Hkv} does not divide Hq={Hq} (supported: GQA groups of equal size): check the "
+                       "head counts")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or (Hkv >= 1 and Hkv % groups):
+        divisors = [d for d in range(1, max(Hkv, 1) + 1) if Hkv % d == 0]
+        reasons.append(f"groups={groups!r} (supported: a divisor of Hkv={Hkv}: {_fmt_ints(divisors)}): pick one "
+                       "of those")
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        reasons.append(f"stride={stride!r} (supported: an integer >= 1): pass stride=4")
+    for name, bs in (("block_q", block_q), ("block_k", block_k)):
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs not in caps.block_sizes:
+            reasons.append(f"{name}={bs!r} (supported: {_fmt_ints(caps.block_sizes)}): use a supported block "
+                           "size or impl='torch'")
+    if Nq < 1 or Nk < 1:
+        reasons.append(f"Nq={Nq}, Nk={Nk} (supported: >= 1 each): drop empty sequences")
+    if isinstance(stride, int) and isinstance(block_q, int) and stride >= 1 and block_q >= 1:
+        n_sampled = math.ceil(block_q / stride)
+        if n_sampled > 256:
+            reasons.append(f"ceil(block_q / stride)={n_sampled} sampled rows per q-block (supported: <= 256): "
+                           "raise stride or lower block_q")
+    return reasons
+
+
+def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig:
+    cfg = default_config(head_dim, dtype, block_k, n_sampled)
+    if config is None:
+        return cfg
+    if isinstance(config, KernelConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        unknown = set(config) - {"block_n", "num_warps", "num_stages"}
+        if unknown:
+            raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages): drop the "
+                             "unknown keys")
+        cfg = replace(cfg, **dict(config))
+    else:
+        raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of block_n/num_warps/"
+                         "num_stages): pass one of those")
+    bad = []
+    if cfg.block_n < 16 or cfg.block_n & (cfg.block_n - 1) or block_k % cfg.block_n:
+        bad.append(f"config.block_n={cfg.block_n} (supported: a power of two >= 16 dividing block_k={block_k}): "
+                   "pick a tile that divides block_k")
+    if cfg.num_warps not in (1, 2, 4, 8, 16):
+        bad.append(f"config.num_warps={cfg.num_warps} (supported: 1, 2, 4, 8, 16): pick one of those")
+    if cfg.num_stages < 1:
+        bad.append(f"config.num_stages={cfg.num_stages} (supported: >= 1): pick a positive number")
+    if bad:
+        raise ValueError("proxy_scores: unsupported config:\n  - " + "\n  - ".join(bad))
+    return cfg
+
+
+def proxy_keys(k: Tensor, groups: int) -> Tensor:
+    """``[B, G, Nk, D]``: mean of each group's KV heads in k's dtype (fp32 accumulation); ``k`` itself
+    (no copy) when every group has one KV head."""
+    B, Hkv, Nk, D = k.shape
+    if Hkv == groups:
+        return k
+    return k.unflatten(1, (groups, Hkv // groups)).mean(2)
+
+
+def proxy_scores(
+    q: Tensor,
+    k: Tensor,
+    *,
+    groups: int = 1,
+    stride: int = 4,
+    block_q: int = 128,
+    block_k: int = 128,
+    causal: bool = True,
+    scale: float | None = None,
+    config: KernelConfig | Mapping[str, Any] | None = None,
+) -> Tensor:
+    """Proxy block scores with the Triton kernel (same contract as ``proxy_scores_naive``).
+
+    ``config``: optional tiling override (``KernelConfig`` or a dict of ``block_n``, ``num_warps``,
+    ``num_stages``) for tuning; default from ``default_config``.
+    Returns float32 ``[B, groups, nQb, nKb]``.
+    """
+    reasons = not_supported_reasons(q, k, groups=groups, stride=stride, block_q=block_q, block_k=block_k)
+    if scale is None and not reasons:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if scale is not None:
+        scale = float(scale)
+        if not math.isfinite(scale) or scale <= 0.0:
+            reasons.append(f"scale={scale} (supported: finite and > 0): pass scale=None (1/sqrt(D))")
+    if reasons:
+        raise ValueError("proxy_scores: inputs not supported by the Triton kernel:\n  - " + "\n  - ".join(reasons))
+    B, Hq, Nq, D = q.shape
+    Nk = k.shape[2]
+    n_sampled = math.ceil(block_q / stride)
+    cfg = _resolve_config(config, D, q.dtype, block_k, n_sampled)
+    n_qb, n_kb = math.ceil(Nq / block_q), math.ceil(Nk / block_k)
+
+    kp = proxy_keys(k, groups)  # [B, G, Nk, D]
+    out = torch.empty((B, groups, n_qb, n_kb), dtype=torch.float32, device=q.device)
+    grid = (n_qb, B * groups)
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
+        _kernel._proxy_scores_fwd[grid](
+            q, kp, out,
+            scale * 1.4426950408889634,  # log2(e) folded into the scale
+            q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+            kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
+            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+            groups, Nq, Nk, n_kb, Hq // groups,
+            STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=_pow2_at_least(n_sampled),
+            HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k,
+            CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
+            UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return out
