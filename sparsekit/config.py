@@ -24,7 +24,10 @@ def parse_spec(spec: Any, what: str) -> dict[str, Any] | None:
     if spec is None:
         return None
     if isinstance(spec, dict):
-        return dict(spec)
+        out = dict(spec)
+        for key in out.pop(UNSET_KEY, []):
+            out[key] = None
+        return out
     if isinstance(spec, str):
         m = _SPEC.match(spec)
         if not m:
@@ -67,9 +70,23 @@ def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+UNSET_KEY = "unset"
+"""In a stage table, the options explicitly set to ``None`` (TOML has no null)."""
+
+
 def dump_config(config: dict[str, Any]) -> str:
-    """TOML text of a configuration dict (stages as tables; ``None`` stages omitted)."""
+    """TOML text of a configuration dict: stages as tables, ``None`` stages omitted, options set to
+    ``None`` listed under ``unset = [...]`` (read back by :func:`parse_spec`)."""
     import tomli_w
 
-    clean: dict[str, Any] = {k: v for k, v in config.items() if v is not None}
+    clean: dict[str, Any] = {}
+    for key, val in config.items():
+        if val is None:
+            continue
+        if isinstance(val, dict):
+            none = sorted(k for k, v in val.items() if v is None)
+            val = {k: v for k, v in val.items() if v is not None}
+            if none:
+                val[UNSET_KEY] = none
+        clean[key] = val
     return tomli_w.dumps(clean)

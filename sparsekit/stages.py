@@ -59,12 +59,21 @@ class Stage:
         """Name carrying the options, e.g. ``proxy(g=1,stride=4)``; fields with ``metadata={"tuning": True}``
         (memory knobs that do not change results) are left out."""
         tuning = {f.name for f in self.option_fields() if f.metadata.get("tuning")}
-        opts = ",".join(f"{k}={v}" for k, v in self.options().items() if k not in tuning)
+        opts = ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                        for k, v in self.options().items() if k not in tuning)
         return f"{self.name}({opts})" if opts else self.name
 
     def spec(self) -> dict[str, Any]:
         """Configuration dict ``{"name": ..., **options}`` (round-trips through :func:`sparsekit.build`)."""
         return {"name": self.name, **self.options()}
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        out = {}
+        for f in cls.option_fields():
+            d = f.default
+            out[f.name] = d.factory() if isinstance(d, attrs.Factory) else d  # type: ignore[attr-defined]
+        return out
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.label}>"

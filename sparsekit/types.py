@@ -88,12 +88,16 @@ class Budget:
 
 
 def _stack_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate per-sequence tensors of equal trailing shape along the batch dim; keep the rest of the first."""
+    """Merge per-sequence ``info`` dicts: tensors of equal trailing shape are concatenated along the batch
+    dim; values equal in every sequence are kept once; anything else becomes a list, one entry per sequence."""
     out: dict[str, Any] = {}
-    for key, val in infos[0].items():
+    for key in infos[0]:
         vals = [i.get(key) for i in infos]
-        if isinstance(val, Tensor) and all(isinstance(x, Tensor) and x.shape[1:] == val.shape[1:] for x in vals):
+        first = vals[0]
+        if isinstance(first, Tensor) and all(isinstance(x, Tensor) and x.shape[1:] == first.shape[1:] for x in vals):
             out[key] = torch.cat(vals, dim=0)  # type: ignore[arg-type]
+        elif not isinstance(first, Tensor) and all(type(x) is type(first) and x == first for x in vals):
+            out[key] = first
         else:
-            out[key] = val
+            out[key] = vals
     return out

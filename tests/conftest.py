@@ -12,6 +12,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# tests run in parallel workers (pytest -n 2 on 2 cores): one intra-op thread each avoids oversubscription,
+# which makes tiny ops ~1000x slower
+torch.set_num_threads(1)
 
 
 def tolerance(out: torch.Tensor, naive: torch.Tensor, ref: torch.Tensor, floor: float = 1e-6) -> float:

@@ -7,6 +7,7 @@ from typing import Callable
 from sparsekit.hookspecs import hookimpl
 
 from .budgets import FixedBudget
+from .cumulative import CumulativeBudget, CumulativeMask
 from .kernels import TorchKernel
 from .masks import TopKMask
 
@@ -14,11 +15,13 @@ from .masks import TopKMask
 @hookimpl
 def sparsekit_register_budgeters(register: Callable[[type], None]) -> None:
     register(FixedBudget)
+    register(CumulativeBudget)
 
 
 @hookimpl
 def sparsekit_register_masks(register: Callable[[type], None]) -> None:
     register(TopKMask)
+    register(CumulativeMask)
 
 
 @hookimpl

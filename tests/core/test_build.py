@@ -17,7 +17,7 @@ def test_preset_has_the_paper_defaults():
 
 def test_stage_label_strings_dicts_and_preset_overrides():
     a = sparsekit.build(estimator="proxy(g=2,stride=8)", budget={"name": "dynamic", "gamma": 0.9}, kernel="torch")
-    assert a.estimator.options() == {"g": 2, "stride": 8, "step_mb": 256}
+    assert a.estimator.g == 2 and a.estimator.stride == 8 and a.estimator.label == "proxy(g=2,stride=8)"
     assert a.budgeter.gamma == 0.9 and a.mask.name == "topk" and a.kernel.name == "torch"
     b = sparsekit.build("proxyattn", budget={"gamma": 0.9})  # options only: override the preset's stage
     assert b.budgeter.gamma == 0.9 and b.budgeter.min_budget == 2048 and b.estimator.stride == 4
@@ -95,6 +95,24 @@ def test_config_round_trip_dict_and_toml(tmp_path):
     assert d.config == a.config
 
 
+def test_none_options_and_string_options_round_trip(tmp_path):
+    a = sparsekit.build(estimator="proxy", budget="fixed(blocks=4,ratio=None)", kernel="torch")
+    assert a.budgeter.label == "fixed(blocks=4,ratio=None)"
+    path = a.save(tmp_path / "fixed.toml")
+    assert 'unset = [\n    "ratio",\n]' in path.read_text() or 'unset = ["ratio"]' in path.read_text()
+    b = sparsekit.build(path)
+    assert b.budgeter.blocks == 4 and b.budgeter.ratio is None and b.config == a.config
+    # a label with a string option parses back to the same stage
+    from sparsekit.config import parse_spec
+    from sparsekit.stages import Stage
+
+    class S:
+        name = "x"
+
+    spec = parse_spec("x(mode='fast',n=3)", "estimator")
+    assert spec == {"name": "x", "mode": "fast", "n": 3}
+
+
 def test_toml_can_start_from_a_preset(tmp_path):
     path = tmp_path / "gamma90.toml"
     path.write_text('preset = "proxyattn"\n[budget]\ngamma = 0.9\nname = "dynamic"\n')
@@ -116,19 +134,21 @@ def test_bad_config_files(tmp_path):
 
 
 def test_auto_kernel_picks_a_runnable_kernel_and_explicit_kernel_refuses_with_reasons(monkeypatch):
-    q = torch.randn(1, 2, 64, 16)
-    k = torch.randn(1, 1, 64, 16)
-    auto = sparsekit.build("proxyattn", block_q=16, block_k=16)
+    q = torch.randn(1, 2, 256, 16)
+    k = torch.randn(1, 1, 256, 16)
+    auto = sparsekit.build(estimator="proxy", budget="fixed(blocks=2,ratio=None)", block_q=16, block_k=16)
     plan = auto.plan(q, k)
+    assert plan.density < 1  # a sparse layout: dense-only kernels (sdpa) refuse it
     # on CPU, auto prefers the native torch kernel, with or without Triton's interpreter
     assert auto.select_kernel(plan.problem, k, plan.layout).name == "torch"
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert auto.select_kernel(plan.problem, k, plan.layout).name == "torch"
-    explicit = sparsekit.build("proxyattn", kernel="triton", block_q=16, block_k=16)
+    explicit = sparsekit.build(estimator="proxy", budget="fixed(blocks=2,ratio=None)", kernel="triton",
+                               block_q=16, block_k=16)
     with pytest.raises(sparsekit.UnsupportedError) as ei:
         explicit(q, k, k)
     msg = str(ei.value)
-    assert "kernel 'triton' cannot run" in msg and "device=cpu" in msg and "Kernels that can run it: torch" in msg
+    assert "kernel 'triton' cannot run" in msg and "device=cpu" in msg and "Kernels that can run it:" in msg and "torch" in msg.split("Kernels that can run it:")[1]
 
 
 def test_auto_kernel_reports_every_candidate_when_none_fits(monkeypatch):

@@ -42,7 +42,7 @@ def test_a_plugin_whose_import_fails_is_reported_not_fatal(monkeypatch):
     fake = [_EP("broken", "broken_pkg.plugin", boom), _EP("common", "sparsekit.plugins.common", lambda: common)]
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: fake)
     reg = Registry()
-    assert reg.names("mask") == ["topk"]  # the good plugin still loaded
+    assert "topk" in reg.names("mask")  # the good plugin still loaded
     assert reg.failures[0].plugin == "broken" and "not_installed_dep" in reg.failures[0].error
     from sparsekit.info import report
 
