@@ -18,6 +18,20 @@ Usage::
 
     python benchmarks/bench_kernel.py --n 8k 32k 128k --out benchmarks/results/h100.json
     python benchmarks/bench_kernel.py --n 32k --sweep   # also try a few kernel tilings at density 1.0
+    python benchmarks/bench_kernel.py --n 8k 32k --densities 1.0 0.05 --variants   # kernel variants
+
+``--variants`` times every config of ``VARIANTS`` (TMA on/off, pipeline depth, tiles) at each N and
+each ``--variant-densities`` (default 1.0 and 0.05) on the same layouts as the main loop (so
+``x flex`` compares with FlexAttention on the identical layout when that density is also in
+``--densities``). Each row records the launched ``num_stages`` (after any shared-memory fallback),
+the K/V load path (``tma``: 0 pointers, 1 device descriptors, 2 host descriptors) and the max
+abs difference of the output against the default config. A variant that fails to compile or run is
+recorded with its error and the run goes on.
+
+Pipeline depth note: the K/V loads depend on an index load in the same iteration, and Triton's
+pipeliner splits ``num_stages - 1`` between the two loads, so K/V get ``(num_stages - 1) // 2 + 1``
+buffers: num_stages 3 and 4 compile to the same double-buffered kernel, 5 triple-buffers (128x128
+tiles: ~229 KB of shared memory, under the H100's 227 KiB limit).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ import triton
 import triton.testing
 
 from sparsekit.kernels.block_sparse import block_sparse_attention  # noqa: E402
+from sparsekit.kernels.block_sparse import op as bs_op  # noqa: E402
 from sparsekit.kernels.block_sparse.op import KernelConfig, default_config  # noqa: E402
 
 B, HQ, HKV, D, BLOCK = 1, 32, 8, 128, 128
@@ -50,6 +65,23 @@ SWEEP_CONFIGS = [
     KernelConfig(128, 128, 8, 2),
     KernelConfig(64, 64, 4, 3),
     KernelConfig(64, 128, 4, 3),
+]
+
+
+# (name, config) timed by --variants; None = the default config (the reference of max_abs_diff)
+VARIANTS = [
+    ("default", None),
+    ("128x128_w8_s4", KernelConfig(128, 128, 8, 4)),
+    ("128x128_w8_s5", KernelConfig(128, 128, 8, 5)),
+    ("128x128_w8_s3_tma", KernelConfig(128, 128, 8, 3, use_tma=True)),
+    ("128x128_w8_s4_tma", KernelConfig(128, 128, 8, 4, use_tma=True)),
+    ("128x128_w8_s5_tma", KernelConfig(128, 128, 8, 5, use_tma=True)),
+    ("128x128_w8_s3_tmadev", KernelConfig(128, 128, 8, 3, use_tma=True, tma_descriptor="device")),
+    ("128x128_w8_s5_tmadev", KernelConfig(128, 128, 8, 5, use_tma=True, tma_descriptor="device")),
+    ("128x64_w8_s3", KernelConfig(128, 64, 8, 3)),
+    ("128x64_w8_s3_tma", KernelConfig(128, 64, 8, 3, use_tma=True)),
+    ("128x64_w8_s5_tma", KernelConfig(128, 64, 8, 5, use_tma=True)),
+    ("64x64_w4_s3_tma", KernelConfig(64, 64, 4, 3, use_tma=True)),  # 2 CTAs/SM (low density)
 ]
 
 
@@ -127,7 +159,8 @@ def tflops(flops: float, ms: float | None) -> float | None:
 
 
 def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {' | '.join(lines)[:400]}"
 
 
 def run_n(n: int, densities: list[float], args, rows: list[dict]) -> None:
@@ -208,6 +241,7 @@ def run_n(n: int, densities: list[float], args, rows: list[dict]) -> None:
     dens = sorted(set(densities) | {1.0}, reverse=True)
     check_density = min((d for d in dens if d < 1.0), default=1.0, key=lambda d: abs(d - 0.2))
     own_full_ms = None
+    flex_same_layout_ms: dict[float, float] = {}
     for d in dens:
         counts, idx, pairs = make_layout(n, d, seed=args.seed + int(d * 1000), device=dev)
         actual = pairs / (n * (n + 1) / 2)  # fraction of the causal pairs computed
@@ -251,6 +285,7 @@ def run_n(n: int, densities: list[float], args, rows: list[dict]) -> None:
             row("triton_block_sparse", d, t_ms, flops, **extra)
         if flex is not None:
             if f_ms is not None:
+                flex_same_layout_ms[d] = f_ms
                 extra = dict(actual_density=actual)
                 if cudnn_ms:
                     extra["speedup_vs_cudnn"] = cudnn_ms / f_ms
@@ -286,20 +321,73 @@ def run_n(n: int, densities: list[float], args, rows: list[dict]) -> None:
             except Exception as e:
                 row(f"sweep_{c.block_m}x{c.block_n}_w{c.num_warps}_s{c.num_stages}", 1.0, None,
                     4.0 * pairs * D * HQ, error=_err(e), config=c.__dict__)
+    if args.variants:
+        run_variants(n, q, k, v, out, rep, args, rows, flex_same_layout_ms, cudnn_ms)
     del q, k, v, out
     torch.cuda.empty_cache()
 
 
+def run_variants(n, q, k, v, out, rep, args, rows, flex_ms: dict, cudnn_ms) -> None:
+    """Time every VARIANTS config at each --variant-densities (same layouts as the main loop)."""
+    for d in sorted(set(args.variant_densities), reverse=True):
+        counts, idx, pairs = make_layout(n, d, seed=args.seed + int(d * 1000), device=q.device)
+        flops = 4.0 * pairs * D * HQ
+        ref = None
+        for name, c in VARIANTS:
+            used = c or default_config(D, DTYPE, BLOCK, BLOCK)
+
+            def fn(c=c):
+                return block_sparse_attention(q, k, v, counts, idx, block_q=BLOCK, block_k=BLOCK, causal=True,
+                                              out=out, config=c)
+
+            extra = dict(config=used.__dict__)
+            try:
+                ms = bench_ms(fn, rep)
+                extra.update(launched_num_stages=bs_op.LAST_LAUNCH.get("num_stages"),
+                             tma=bs_op.LAST_LAUNCH.get("tma"))
+                o = fn().clone()
+                if ref is None and c is None:
+                    ref = o
+                elif ref is not None:
+                    extra["max_abs_diff_vs_default"] = (o.float() - ref.float()).abs().max().item()
+                del o
+                if cudnn_ms:
+                    extra["speedup_vs_cudnn"] = cudnn_ms / ms
+                if d in flex_ms:
+                    extra["speedup_vs_flex_same_layout"] = flex_ms[d] / ms
+                r = row(n, f"var_{name}", d, ms, flops, **extra)
+                print(f"      stages launched={r['launched_num_stages']} tma={r['tma']} "
+                      f"max|diff vs default|={r.get('max_abs_diff_vs_default', 0.0):.2e}", flush=True)
+            except Exception as e:  # compile / launch failure: record, keep going
+                row(n, f"var_{name}", d, None, flops, error=_err(e), **extra)
+                if args.verbose:
+                    traceback.print_exc()
+        del counts, idx, ref
+        torch.cuda.empty_cache()
+
+
+def row(n, impl, density, ms, flops, rows=None, **extra):
+    r = dict(n=n, impl=impl, density=density, ms=ms, tflops=tflops(flops, ms), **extra)
+    (rows if rows is not None else _ROWS).append(r)
+    shown = f"{ms:9.3f} ms {r['tflops']:7.1f} TFLOP/s" if ms is not None else f"failed: {extra.get('error')}"
+    print(f"  N={n:>6} {impl:<26} density={density:<6.3f} {shown}", flush=True)
+    return r
+
+
+_ROWS: list[dict] = []
+
+
 def print_table(rows: list[dict]) -> None:
     print()
-    hdr = f"{'N':>7} {'impl':<26} {'dens':>5} {'ms':>9} {'TFLOP/s':>8} {'x cuDNN':>8} {'x flex':>7} {'t/(d*full)':>10}"
+    hdr = (f"{'N':>7} {'impl':<26} {'dens':>5} {'ms':>9} {'TFLOP/s':>8} {'x cuDNN':>8} {'x flex':>7} "
+           f"{'t/(d*full)':>10}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         if r["impl"].startswith("check"):
             status = "OK" if r.get("ok") else "MISMATCH"
-            print(f"{r['n']:>7} {r['impl']:<26} {r['density']:>5.2f} max|diff|={r.get('max_abs_err', float('nan')):.2e} "
-                  f"{status} {r.get('error', '')}")
+            err = r.get("max_abs_err", float("nan"))
+            print(f"{r['n']:>7} {r['impl']:<26} {r['density']:>5.2f} max|diff|={err:.2e} {status} {r.get('error', '')}")
             continue
         if r.get("ms") is None:
             print(f"{r['n']:>7} {r['impl']:<26} {r['density']:>5.2f} failed: {r.get('error', '')[:60]}")
@@ -308,9 +396,11 @@ def print_table(rows: list[dict]) -> None:
         def f(key, fmt):
             return format(r[key], fmt) if r.get(key) is not None else "-"
 
+        var = (f"  stages={r.get('launched_num_stages')} tma={r.get('tma')} "
+               f"diff={f('max_abs_diff_vs_default', '.1e')}") if r["impl"].startswith("var_") else ""
         print(f"{r['n']:>7} {r['impl']:<26} {r['density']:>5.2f} {r['ms']:>9.3f} {r['tflops']:>8.1f} "
               f"{f('speedup_vs_cudnn', '>8.2f'):>8} {f('speedup_vs_flex_same_layout', '>7.2f'):>7} "
-              f"{f('ratio_vs_density_x_own_full', '>10.3f'):>10}")
+              f"{f('ratio_vs_density_x_own_full', '>10.3f'):>10}{var}")
 
 
 def main() -> None:
@@ -321,6 +411,9 @@ def main() -> None:
     ap.add_argument("--config", nargs=4, type=int, metavar=("BLOCK_M", "BLOCK_N", "WARPS", "STAGES"),
                     help="override the kernel tiling")
     ap.add_argument("--sweep", action="store_true", help="also time a few kernel tilings at density 1.0")
+    ap.add_argument("--variants", action="store_true",
+                    help="also time the VARIANTS configs (TMA, stages, tiles) at --variant-densities")
+    ap.add_argument("--variant-densities", nargs="+", type=float, default=[1.0, 0.05])
     ap.add_argument("--rep-ms", type=float, default=None, help="do_bench rep time (default by N)")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-sdpa", action="store_true")
@@ -330,7 +423,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_kernel.py needs a CUDA GPU")
 
-    rows: list[dict] = []
+    rows = _ROWS
     for s in args.n:
         n = parse_n(s)
         print(f"== N={n}", flush=True)
@@ -350,6 +443,8 @@ def main() -> None:
         shape=dict(B=B, Hq=HQ, Hkv=HKV, D=D, block=BLOCK, dtype=str(DTYPE)),
         default_config=default_config(D, DTYPE, BLOCK, BLOCK).__dict__,
         config_override=args.config,
+        variants=[(name, (c or default_config(D, DTYPE, BLOCK, BLOCK)).__dict__) for name, c in VARIANTS]
+        if args.variants else None,
     )
     out_path = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",

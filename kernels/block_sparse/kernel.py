@@ -11,6 +11,19 @@ in two phases:
 
 Online softmax runs in fp32 in log2 space (``log2(e)`` folded into ``qk_scale``). K/V of query head
 ``h`` come from KV head ``h // GROUP`` through strides (never repeated in memory).
+
+K/V tiles are loaded with pointer loads (``TMA == 0``) or with Hopper TMA through tensor descriptors
+(``tl.make_tensor_descriptor`` / ``triton.tools.tensor_descriptor.TensorDescriptor``, both in triton
+>= 3.4):
+
+* ``TMA == 1`` (device-side): each program builds descriptors over its own KV head, shape
+  ``[k_len, HEAD_DIM]``, so rows past the sequence end are zero-filled by the TMA unit;
+* ``TMA == 2`` (host-side, ``K_DESC`` / ``V_DESC``): one descriptor over the 2-D view
+  ``[B * Hkv * Nk, HEAD_DIM]`` of K/V (B, H, N strides collapse), loaded at row ``(b * Hkv + kv_head) * Nk + start_n``.
+  Rows past this head's ``k_len`` (padding, the next head, or zero fill past the tensor end) only
+  occur in masked tiles, where their scores are ``-inf``; ``TMA_ZERO_V`` additionally zeroes those V
+  rows (set when they can exist: ``k_lens`` given or ``Nk % BLOCK_N != 0``) so that garbage
+  (NaN / inf) in them cannot leak through ``0 * NaN``.
 """
 
 from __future__ import annotations
@@ -47,12 +60,18 @@ def _dot(a, b, acc, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
-def _first_masked_slot(idx_row, stride_is, count, fast_end, nKb,
+def _first_masked_slot(idx_row, stride_is, count, fast_end, nKb, MAX_K,
                        BLOCK_K: tl.constexpr, IDX_CHUNK: tl.constexpr):
     # length of the leading run of kept blocks that need no mask: block j is mask-free iff
     # (j + 1) * BLOCK_K <= fast_end. Robust to any order (the contract says ascending).
-    n_fast = count
-    for s0 in range(0, count, IDX_CHUNK):
+    # The first chunk is loaded masked by the row extent MAX_K (padding slots are in bounds, their
+    # values are ignored below), not by count: its load does not wait for the count load.
+    offs_s = tl.arange(0, IDX_CHUNK)
+    j = tl.load(idx_row + offs_s * stride_is, mask=offs_s < MAX_K, other=0)
+    j = tl.minimum(tl.maximum(j, 0), nKb - 1)
+    bad = (offs_s < count) & ((j + 1) * BLOCK_K > fast_end)
+    n_fast = tl.minimum(count, tl.min(tl.where(bad, offs_s, count), 0))
+    for s0 in range(IDX_CHUNK, count, IDX_CHUNK):
         offs_s = s0 + tl.arange(0, IDX_CHUNK)
         in_row = offs_s < count
         j = tl.load(idx_row + offs_s * stride_is, mask=in_row, other=0)
@@ -64,13 +83,15 @@ def _first_masked_slot(idx_row, stride_is, count, fast_end, nKb,
 
 @triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q,
-                    k_base, v_base, stride_kn, stride_vn,
+                    k_base, v_base, stride_kn, stride_vn, kv_row0,
                     idx_row, stride_is, lo, hi, nKb,
                     k_len, q_pos, last_key, offs_n, qk_scale,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB: tl.constexpr,
                     MASKED: tl.constexpr, CAUSAL: tl.constexpr, POS_SCALE: tl.constexpr,
-                    IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+                    IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                    TMA: tl.constexpr, TMA_ZERO_V: tl.constexpr):
     # iteration `it` = kv sub-tile (it % SUB) of kept slot (it // SUB)
+    # TMA: k_base / v_base are tensor descriptors, tile rows start at kv_row0 + start_n
     for it in range(lo, hi):
         # kv block index: one scalar load per iteration (cached across the SUB sub-tiles)
         j = tl.load(idx_row + (it // SUB) * stride_is)
@@ -82,7 +103,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q,
             if start_n <= last_key:
                 offs_kn = start_n + offs_n
                 k_ok = offs_kn < k_len
-                k = tl.load(k_base + start_n * stride_kn, mask=k_ok[:, None], other=0.0)
+                if TMA:
+                    k = k_base.load([kv_row0 + start_n, 0])  # rows >= k_len: scores masked below
+                else:
+                    k = tl.load(k_base + start_n * stride_kn, mask=k_ok[:, None], other=0.0)
                 qk = _dot(q, tl.trans(k), None, IEEE_DOT, UPCAST_DOT)
                 qk = qk * qk_scale
                 ok = k_ok[None, :]
@@ -96,12 +120,20 @@ def _attn_fwd_inner(acc, l_i, m_i, q,
                 alpha = tl.math.exp2(m_i - m_safe)
                 l_i = l_i * alpha + tl.sum(p, 1)
                 acc = acc * alpha[:, None]
-                v = tl.load(v_base + start_n * stride_vn, mask=k_ok[:, None], other=0.0)
+                if TMA:
+                    v = v_base.load([kv_row0 + start_n, 0])
+                    if TMA_ZERO_V:  # p = 0 there, but 0 * (NaN / inf garbage) would not be 0
+                        v = tl.where(k_ok[:, None], v, tl.zeros_like(v))
+                else:
+                    v = tl.load(v_base + start_n * stride_vn, mask=k_ok[:, None], other=0.0)
                 acc = _dot(p.to(v.dtype), v, acc, IEEE_DOT, UPCAST_DOT)
                 m_i = m_ij
         else:
             # steady state: no mask
-            k = tl.load(k_base + start_n * stride_kn)
+            if TMA:
+                k = k_base.load([kv_row0 + start_n, 0])
+            else:
+                k = tl.load(k_base + start_n * stride_kn)
             qk = _dot(q, tl.trans(k), None, IEEE_DOT, UPCAST_DOT)
             if POS_SCALE:
                 m_ij = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -114,7 +146,10 @@ def _attn_fwd_inner(acc, l_i, m_i, q,
             alpha = tl.math.exp2(m_i - m_ij)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None]
-            v = tl.load(v_base + start_n * stride_vn)
+            if TMA:
+                v = v_base.load([kv_row0 + start_n, 0])
+            else:
+                v = tl.load(v_base + start_n * stride_vn)
             acc = _dot(p.to(v.dtype), v, acc, IEEE_DOT, UPCAST_DOT)
             m_i = m_ij
     return acc, l_i, m_i
@@ -122,7 +157,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q,
 
 @triton.jit
 def _block_sparse_attn_fwd(
-    Q, K, V, O, LSE, KV_COUNTS, KV_INDICES, Q_LENS, K_LENS,
+    Q, K, V, O, LSE, KV_COUNTS, KV_INDICES, Q_LENS, K_LENS, K_DESC, V_DESC,
     qk_scale,
     stride_qb, stride_qh, stride_qm,
     stride_kb, stride_kh, stride_kn,
@@ -131,13 +166,13 @@ def _block_sparse_attn_fwd(
     stride_cb, stride_ch, stride_cq,
     stride_ib, stride_ih, stride_iq, stride_is,
     stride_lb, stride_lh,
-    H, GROUP, Nq, Nk, nKb, MAX_K,
+    H, GROUP, Hkv, Nq, Nk, nKb, MAX_K,
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
     RETURN_LSE: tl.constexpr, POS_SCALE: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    IDX_CHUNK: tl.constexpr,
+    IDX_CHUNK: tl.constexpr, TMA: tl.constexpr, TMA_ZERO_V: tl.constexpr,
 ):
     # heavy rows first: grid is (B*Hq, n_m_tiles); the last q-tiles (most kept blocks under
     # causal) get the lowest linear program ids, and all heads of one tile launch together
@@ -165,6 +200,23 @@ def _block_sparse_attn_fwd(
     # loop-invariant K/V pointers of KV head h // GROUP; per tile only a scalar offset is added
     k_base = K + b64 * stride_kb + hk64 * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
     v_base = V + b64 * stride_vb + hk64 * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
+    if TMA == 1:
+        # device-side descriptors over this KV head only: rows >= k_len read as 0
+        k_rows = tl.maximum(k_len, 1)
+        k_src = tl.make_tensor_descriptor(K + b64 * stride_kb + hk64 * stride_kh, shape=[k_rows, HEAD_DIM],
+                                          strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        v_src = tl.make_tensor_descriptor(V + b64 * stride_vb + hk64 * stride_vh, shape=[k_rows, HEAD_DIM],
+                                          strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        kv_row0 = 0
+    elif TMA == 2:
+        # host-side descriptors over the 2-D view [B * Hkv * Nk, HEAD_DIM]
+        k_src = K_DESC
+        v_src = V_DESC
+        kv_row0 = (b * Hkv + hk) * Nk
+    else:
+        k_src = k_base
+        v_src = v_base
+        kv_row0 = 0
 
     # layout row of this tile
     qb = start_m // BLOCK_Q
@@ -185,22 +237,24 @@ def _block_sparse_attn_fwd(
         last_key = k_len - 1
 
     SUB: tl.constexpr = BLOCK_K // BLOCK_N
-    n_fast = _first_masked_slot(idx_row, stride_is, count, fast_end, nKb, BLOCK_K, IDX_CHUNK)
+    n_fast = _first_masked_slot(idx_row, stride_is, count, fast_end, nKb, MAX_K, BLOCK_K, IDX_CHUNK)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     # blocks below the diagonal and inside the sequence: no mask
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, kv_row0,
                                     idx_row, stride_is, 0, n_fast * SUB, nKb,
                                     k_len, q_pos, last_key, offs_n, qk_scale,
-                                    BLOCK_N, BLOCK_K, SUB, False, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT)
+                                    BLOCK_N, BLOCK_K, SUB, False, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT,
+                                    TMA != 0, TMA_ZERO_V)
     # diagonal block / sequence end: mask
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn,
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, kv_row0,
                                     idx_row, stride_is, n_fast * SUB, count * SUB, nKb,
                                     k_len, q_pos, last_key, offs_n, qk_scale,
-                                    BLOCK_N, BLOCK_K, SUB, True, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT)
+                                    BLOCK_N, BLOCK_K, SUB, True, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT,
+                                    TMA != 0, TMA_ZERO_V)
 
     # epilogue: rows that saw no key (or are padding) -> 0 and lse -inf
     row_ok = (offs_m < q_len) & (l_i > 0.0)

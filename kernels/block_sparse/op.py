@@ -2,7 +2,9 @@
 
 ``block_sparse_attention`` validates its inputs with ``not_supported_reasons`` (raising one
 ``ValueError`` that lists every problem) and launches ``kernel._block_sparse_attn_fwd``. Nothing is
-allocated besides the output (unless ``out=`` is given) and the log-sum-exp (when asked).
+allocated besides the output (unless ``out=`` is given) and the log-sum-exp (when asked); with
+``KernelConfig(use_tma=True, tma_descriptor="device")`` Triton also allocates its descriptor scratch
+through ``triton.set_allocator`` (set here, once, only when no allocator was set).
 """
 
 from __future__ import annotations
@@ -67,14 +69,48 @@ CAPABILITIES = Capabilities(
 )
 
 
+#: KernelConfig.tma_descriptor values
+TMA_DESCRIPTORS = ("host", "device")
+#: kernel TMA modes (constexpr TMA): K/V loaded with pointers, device-side or host-side descriptors
+TMA_OFF, TMA_DEVICE, TMA_HOST = 0, 1, 2
+#: TMA needs Hopper (sm_90) or newer
+TMA_MIN_COMPUTE_CAPABILITY = (9, 0)
+
+
+def _tma_api_missing(kind: str) -> str | None:
+    """Why this triton cannot build ``kind`` ("host" / "device") descriptors (None: it can)."""
+    import triton
+    import triton.language as tl
+
+    if kind == "device":
+        if not hasattr(tl, "make_tensor_descriptor") or not hasattr(triton, "set_allocator"):
+            return f"triton {triton.__version__} has no tl.make_tensor_descriptor / triton.set_allocator"
+        return None
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return f"triton {triton.__version__} has no triton.tools.tensor_descriptor.TensorDescriptor"
+    return None
+
+
 @dataclass(frozen=True)
 class KernelConfig:
-    """Kernel tiling: ``block_m`` must divide ``block_q``, ``block_n`` must divide ``block_k``."""
+    """Kernel tiling: ``block_m`` must divide ``block_q``, ``block_n`` must divide ``block_k``.
+
+    ``use_tma``: load K/V tiles with Hopper TMA (tensor descriptors); needs compute capability >= 9.0
+    (or the interpreter). ``tma_descriptor``: ``"host"`` (one ``TensorDescriptor`` over the 2-D view
+    ``[B * Hkv * Nk, D]``, built per call; needs K/V with collapsible ``B, H, N`` strides) or
+    ``"device"`` (``tl.make_tensor_descriptor`` per program over its KV head; any 16-byte aligned
+    strides). When the tensors do not qualify the kernel silently uses pointer loads instead
+    (``tma_mode`` tells which path a call takes).
+    """
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    use_tma: bool = False
+    tma_descriptor: str = "host"
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_q: int, block_k: int) -> KernelConfig:
@@ -265,24 +301,118 @@ def not_supported_reasons(
     return reasons
 
 
-def _resolve_config(config, head_dim, dtype, block_q, block_k) -> KernelConfig:
+def tma_config_reasons(cfg: KernelConfig, device: torch.device | None, *, interpret: bool | None = None,
+                       capability: tuple[int, int] | None = None) -> list[str]:
+    """Why ``cfg``'s TMA settings cannot run on ``device`` (empty: they can, or TMA is off).
+
+    ``interpret`` / ``capability`` override the detected interpreter mode / compute capability (tests).
+    """
+    reasons = []
+    if not isinstance(cfg.use_tma, bool):
+        reasons.append(f"config.use_tma={cfg.use_tma!r} (supported: True, False): pass a bool")
+        return reasons
+    if cfg.tma_descriptor not in TMA_DESCRIPTORS:
+        reasons.append(
+            f"config.tma_descriptor={cfg.tma_descriptor!r} (supported: {', '.join(map(repr, TMA_DESCRIPTORS))}): "
+            "pick one of those"
+        )
+        return reasons
+    if not cfg.use_tma:
+        return reasons
+    interpret = _INTERPRET if interpret is None else interpret
+    missing = _tma_api_missing(cfg.tma_descriptor)
+    if missing:
+        reasons.append(
+            f"config.use_tma=True with tma_descriptor={cfg.tma_descriptor!r}: {missing} (supported: triton >= "
+            "3.4): upgrade triton or set use_tma=False"
+        )
+    if interpret:
+        return reasons  # the interpreter emulates descriptor loads (used by the tests)
+    dev_type = device.type if device is not None else "cuda"
+    if dev_type != "cuda":
+        reasons.append(
+            f"config.use_tma=True on device={dev_type} (supported: cuda with compute capability >= 9.0, or the "
+            "Triton interpreter): set use_tma=False"
+        )
+        return reasons
+    if capability is None and torch.cuda.is_available():
+        capability = torch.cuda.get_device_capability(device)
+    if capability is not None and tuple(capability) < TMA_MIN_COMPUTE_CAPABILITY:
+        need = ".".join(map(str, TMA_MIN_COMPUTE_CAPABILITY))
+        reasons.append(
+            f"config.use_tma=True on compute capability={capability[0]}.{capability[1]} (supported: >= {need}, "
+            "Hopper TMA): set use_tma=False"
+        )
+    return reasons
+
+
+def _collapsible_2d(t: Tensor) -> bool:
+    """True when [B, H, N, D] rows b, h, n sit at (b * H + h) * N * stride(2) (a 2-D view exists)."""
+    B, H, N, _ = t.shape
+    return (H == 1 or t.stride(1) == N * t.stride(2)) and (B == 1 or t.stride(0) == H * N * t.stride(2))
+
+
+def tma_mode(cfg: KernelConfig, k: Tensor, v: Tensor) -> int:
+    """Kernel K/V load path for ``cfg`` on these tensors: ``TMA_OFF``, ``TMA_DEVICE`` or ``TMA_HOST``.
+
+    TMA needs 16-byte aligned base and leading strides and a contiguous head dim; the host-side
+    descriptor also needs the 2-D view ``[B * Hkv * Nk, D]`` (collapsible strides) with fewer than
+    2**31 rows. Otherwise (or with ``use_tma=False``) K/V use pointer loads.
+    """
+    if not cfg.use_tma:
+        return TMA_OFF
+    es = k.element_size()
+    for t in (k, v):
+        if t.data_ptr() % 16 or t.stride(-1) != 1 or (t.stride(2) * es) % 16:
+            return TMA_OFF
+    if cfg.tma_descriptor == "host":
+        rows = k.shape[0] * k.shape[1] * k.shape[2]
+        if rows < 2**31 and _collapsible_2d(k) and _collapsible_2d(v):
+            return TMA_HOST
+        return TMA_OFF
+    for t in (k, v):
+        if (t.shape[0] > 1 and (t.stride(0) * es) % 16) or (t.shape[1] > 1 and (t.stride(1) * es) % 16):
+            return TMA_OFF
+    return TMA_DEVICE
+
+
+def _torch_scratch_alloc(size: int, alignment: int, stream):
+    # descriptor scratch of device-side TMA (torch's caching allocator aligns to >= 512 bytes)
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_triton_allocator() -> None:
+    """Give triton a global-scratch allocator unless the user already set one."""
+    import triton
+
+    try:
+        from triton.runtime import _allocation
+
+        current = _allocation._allocator.get()
+        if not isinstance(current, _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # private layout changed: set ours
+        pass
+    triton.set_allocator(_torch_scratch_alloc)
+
+
+def _resolve_config(config, head_dim, dtype, block_q, block_k, device=None) -> KernelConfig:
     cfg = default_config(head_dim, dtype, block_q, block_k)
     if config is None:
         return cfg
+    keys = ("block_m", "block_n", "num_warps", "num_stages", "use_tma", "tma_descriptor")
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        unknown = set(config) - {"block_m", "block_n", "num_warps", "num_stages"}
+        unknown = set(config) - set(keys)
         if unknown:
             raise ValueError(
-                f"config keys {sorted(unknown)} (supported: block_m, block_n, num_warps, num_stages): "
-                "drop the unknown keys"
+                f"config keys {sorted(unknown)} (supported: {', '.join(keys)}): drop the unknown keys"
             )
         cfg = replace(cfg, **dict(config))
     else:
         raise ValueError(
-            f"config={config!r} (supported: None, KernelConfig or a dict of block_m/block_n/num_warps/"
-            "num_stages): pass one of those"
+            f"config={config!r} (supported: None, KernelConfig or a dict of {'/'.join(keys)}): pass one of those"
         )
     bad = []
     for name, tile, layout, lname in (("block_m", cfg.block_m, block_q, "block_q"),
@@ -296,6 +426,7 @@ def _resolve_config(config, head_dim, dtype, block_q, block_k) -> KernelConfig:
         bad.append(f"config.num_warps={cfg.num_warps} (supported: 1, 2, 4, 8, 16): pick one of those")
     if cfg.num_stages < 1:
         bad.append(f"config.num_stages={cfg.num_stages} (supported: >= 1): pick a positive number")
+    bad += tma_config_reasons(cfg, device)
     if bad:
         raise ValueError("block_sparse_attention: unsupported config:\n  - " + "\n  - ".join(bad))
     return cfg
@@ -323,7 +454,8 @@ def block_sparse_attention(
     ``out``: optional preallocated output ``[B, Hq, Nq, D]`` of q's dtype and device (any strides with
     a contiguous last dim); every row of it is written (padded / empty rows with 0).
     ``config``: optional tiling override (``KernelConfig`` or dict with any of ``block_m``, ``block_n``,
-    ``num_warps``, ``num_stages``), for tuning; default from ``default_config``.
+    ``num_warps``, ``num_stages``, ``use_tma``, ``tma_descriptor``), for tuning; default from
+    ``default_config``.
     Returns ``out`` or ``(out, lse)`` with ``lse`` float32 ``[B, Hq, Nq]``.
     """
     reasons = not_supported_reasons(
@@ -358,7 +490,7 @@ def block_sparse_attention(
         raise ValueError(
             "block_sparse_attention: inputs not supported by the Triton kernel:\n  - " + "\n  - ".join(reasons)
         )
-    cfg = _resolve_config(config, D, q.dtype, block_q, block_k)
+    cfg = _resolve_config(config, D, q.dtype, block_q, block_k, q.device)
 
     Hkv, Nk = k.shape[1], k.shape[2]
     max_k = kv_indices.shape[-1]
@@ -382,8 +514,23 @@ def block_sparse_attention(
     k_lens_arg = k_lens if k_lens is not None else kv_counts
     grid = (B * Hq, n_m)
 
+    tma = tma_mode(cfg, k, v)
+    k_desc, v_desc = k, v  # unused pointers unless TMA_HOST
+    if tma == TMA_HOST:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        rows = B * Hkv * Nk
+        k_desc = TensorDescriptor(k.as_strided((rows, D), (k.stride(2), 1)), [rows, D], [k.stride(2), 1],
+                                  [cfg.block_n, D])
+        v_desc = TensorDescriptor(v.as_strided((rows, D), (v.stride(2), 1)), [rows, D], [v.stride(2), 1],
+                                  [cfg.block_n, D])
+    elif tma == TMA_DEVICE and not _INTERPRET:
+        _ensure_triton_allocator()
+    # host descriptors may read rows past k_len in masked tiles: zero those V rows when they can exist
+    tma_zero_v = tma == TMA_HOST and (k_lens is not None or Nk % cfg.block_n != 0)
+
     args = (
-        q, k, v, out, lse_arg, kv_counts, kv_indices, q_lens_arg, k_lens_arg,
+        q, k, v, out, lse_arg, kv_counts, kv_indices, q_lens_arg, k_lens_arg, k_desc, v_desc,
         scale * 1.4426950408889634,  # log2(e) folded into the scale
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
@@ -392,7 +539,7 @@ def block_sparse_attention(
         kv_counts.stride(0), kv_counts.stride(1), kv_counts.stride(2),
         kv_indices.stride(0), kv_indices.stride(1), kv_indices.stride(2), kv_indices.stride(3),
         stride_lb, stride_lh,
-        Hq, Hq // Hkv, Nq, Nk, n_kb, max_k,
+        Hq, Hq // Hkv, Hkv, Nq, Nk, n_kb, max_k,
     )
     kwargs = dict(
         HEAD_DIM=D,
@@ -401,11 +548,18 @@ def block_sparse_attention(
         CAUSAL=bool(causal), HAS_Q_LENS=q_lens is not None, HAS_K_LENS=k_lens is not None,
         RETURN_LSE=bool(return_lse), POS_SCALE=scale > 0, IEEE_DOT=q.dtype == torch.float32,
         UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16,
-        IDX_CHUNK=64,
+        IDX_CHUNK=_IDX_CHUNK, TMA=tma, TMA_ZERO_V=tma_zero_v,
     )
     _launch(grid, args, kwargs, cfg, q.device)
     return (out, lse) if return_lse else out
 
+
+#: layout slots scanned per vector load when splitting a row into its mask-free / masked parts
+_IDX_CHUNK = 64
+
+#: what the latest launch actually used (num_stages after any shared-memory fallback, TMA mode), for
+#: benchmarks
+LAST_LAUNCH: dict[str, int] = {}
 
 # (kwargs of one specialization) -> num_stages that fit in shared memory, learnt on OutOfResources
 _STAGES_THAT_FIT: dict[tuple, int] = {}
@@ -419,6 +573,7 @@ def _launch(grid, args, kwargs, cfg: KernelConfig, device: torch.device) -> None
             try:
                 _kernel._block_sparse_attn_fwd[grid](*args, **kwargs, num_warps=cfg.num_warps,
                                                      num_stages=stages)
+                LAST_LAUNCH.update(num_stages=stages, num_warps=cfg.num_warps, tma=kwargs.get("TMA", TMA_OFF))
                 break
             except Exception as e:  # too many stages for this GPU's shared memory: use fewer
                 if type(e).__name__ != "OutOfResources" or stages <= 1:

@@ -15,7 +15,7 @@ if not os.environ.get("TRITON_INTERPRET") and not __import__("torch").cuda.is_av
 
 import math
 import zlib
-from dataclasses import FrozenInstanceError, dataclass
+from dataclasses import FrozenInstanceError, dataclass, replace
 from functools import lru_cache
 
 import pytest
@@ -29,6 +29,7 @@ from sparsekit.kernels.block_sparse import (
     not_supported_reasons,
 )
 from sparsekit.kernels.block_sparse import op as bs_op
+from sparsekit.kernels.block_sparse.op import KernelConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() and not bs_op._INTERPRET else "cpu"
 
@@ -416,3 +417,149 @@ def test_capabilities_as_data():
     assert {64, 128} <= set(CAPABILITIES.block_sizes)
     with pytest.raises(FrozenInstanceError):
         CAPABILITIES.gqa = False  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------------
+# K/V through TMA tensor descriptors (KernelConfig.use_tma): the interpreter emulates descriptor loads
+# (zero fill out of bounds), so the kernel's TMA code paths run here. The TMA path must be bitwise
+# identical to the pointer path: same tiles, same arithmetic, only the loads differ.
+
+TMA_CASES = [c for c in CASES if c.name in (
+    "full_gqa1_ragged_fp32",  # Nk % block_n != 0: host descriptor reads the next head / zero fill
+    "random_chunked_gqa4_fp16_d16",  # GQA 4, 16-wide head dim (32-byte descriptor rows)
+    "random_gqa7_bf16_bq32_bk64",  # block_n < block_k (2 sub-tiles per kept block)
+    "varlen_B3_gqa2_fp32",  # k_lens: rows past k_len in masked tiles
+    "varlen_B2_noncausal_bf16",
+    "q_longer_than_k_fp32",
+    "empty_rows_fp32",
+)]
+
+
+def _cfg_dict(c: Case, **kw):
+    cfg = {} if c.config is None else dict(block_m=c.config[0], block_n=c.config[1])
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.mark.parametrize("mode", ["host", "device"])
+@pytest.mark.parametrize("c", TMA_CASES, ids=[c.name for c in TMA_CASES])
+def test_tma_matches_pointer_path(c: Case, mode):
+    (q, k, v, counts, idx), o_ref, lse_ref = _run_case(c)
+    ql = torch.tensor(c.q_lens, device=DEVICE) if c.q_lens is not None else None
+    kl = torch.tensor(c.k_lens, device=DEVICE, dtype=torch.int32) if c.k_lens is not None else None
+    qd, kd, vd = (t.to(DEVICE, c.dtype) for t in (q, k, v))
+    cfg = bs_op._resolve_config(_cfg_dict(c, use_tma=True, tma_descriptor=mode), c.D, c.dtype, c.bq, c.bk)
+    want = bs_op.TMA_HOST if mode == "host" else bs_op.TMA_DEVICE
+    assert bs_op.tma_mode(cfg, kd, vd) == want
+    o, lse = block_sparse_attention(qd, kd, vd, counts.to(DEVICE), idx.to(DEVICE), block_q=c.bq, block_k=c.bk,
+                                    causal=c.causal, q_lens=ql, k_lens=kl, return_lse=True,
+                                    out=poisoned(qd.shape, c.dtype), config=cfg)
+    assert bs_op.LAST_LAUNCH["tma"] == want
+    assert torch.equal(o.cpu(), o_ref) and torch.equal(lse.cpu(), lse_ref)
+
+
+@pytest.mark.parametrize("mode", ["host", "device"])
+def test_tma_ignores_garbage_past_k_len(mode):
+    """NaN / inf in K/V rows past k_len (varlen padding) must not leak (0 * NaN) into the output."""
+    gen = torch.Generator().manual_seed(11)
+    B, Hq, Hkv, N, D, bq, bk = 2, 4, 2, 72, 16, 32, 32  # N % block_n != 0
+    k_lens = torch.tensor([50, 5], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(B, Hq, N, D, generator=gen).to(DEVICE, torch.bfloat16)
+    k = torch.randn(B, Hkv, N, D, generator=gen).to(DEVICE, torch.bfloat16)
+    v = torch.randn(B, Hkv, N, D, generator=gen).to(DEVICE, torch.bfloat16)
+    for b, n in enumerate(k_lens.tolist()):
+        k[b, :, n:] = float("nan")
+        v[b, :, n:] = float("inf")
+    counts, idx = make_layout(B, Hq, N, N, bq, bk, causal=False, k_lens=k_lens.tolist(), kind="full", gen=gen)
+    counts, idx = counts.to(DEVICE), idx.to(DEVICE)
+    kw = dict(block_q=bq, block_k=bk, causal=False, k_lens=k_lens, return_lse=True)
+    o0, l0 = block_sparse_attention(q, k, v, counts, idx, **kw)
+    o1, l1 = block_sparse_attention(q, k, v, counts, idx, **kw, config=dict(use_tma=True, tma_descriptor=mode))
+    assert bs_op.LAST_LAUNCH["tma"] != bs_op.TMA_OFF
+    assert not torch.isnan(o1).any() and torch.isfinite(o1).all()
+    assert torch.equal(o0, o1) and torch.equal(l0, l1)
+
+
+def test_tma_mode_selection_and_fallback():
+    """Host descriptors need a 2-D view of K/V; device ones only 16-byte alignment; else pointer loads."""
+    host = KernelConfig(32, 32, 4, 2, use_tma=True)
+    dev = KernelConfig(32, 32, 4, 2, use_tma=True, tma_descriptor="device")
+    off = KernelConfig(32, 32, 4, 2)
+    k = torch.randn(2, 2, 48, 32, device=DEVICE)
+    assert (bs_op.tma_mode(host, k, k), bs_op.tma_mode(dev, k, k), bs_op.tma_mode(off, k, k)) == (
+        bs_op.TMA_HOST, bs_op.TMA_DEVICE, bs_op.TMA_OFF)
+    kv = torch.randn(2, 48, 2, 2, 32, device=DEVICE)  # [B, N, 2, H, D]: no 2-D [B*H*N, D] view
+    ks, vs = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    assert bs_op.tma_mode(host, ks, vs) == bs_op.TMA_OFF
+    assert bs_op.tma_mode(dev, ks, vs) == bs_op.TMA_DEVICE
+    flat = torch.randn(2 * 2 * 48 * 32 + 1, device=DEVICE)
+    mis = flat[1:].view(2, 2, 48, 32)  # base not 16-byte aligned
+    assert bs_op.tma_mode(host, mis, mis) == bs_op.TMA_OFF and bs_op.tma_mode(dev, mis, mis) == bs_op.TMA_OFF
+    odd = torch.randn(2, 2, 48, 36, device=DEVICE)[..., :32]  # row stride 144 bytes: 16-byte aligned
+    assert bs_op.tma_mode(dev, odd, odd) == bs_op.TMA_DEVICE
+    odd = torch.randn(2, 2, 48, 34, device=DEVICE)[..., :32]  # row stride 136 bytes: not 16-byte aligned
+    assert bs_op.tma_mode(host, odd, odd) == bs_op.TMA_OFF and bs_op.tma_mode(dev, odd, odd) == bs_op.TMA_OFF
+
+
+@pytest.mark.parametrize("mode", ["host", "device"])
+def test_tma_strided_inputs(mode):
+    """Strided K/V (no 2-D view): host falls back to pointer loads, device descriptors use the strides."""
+    gen = torch.Generator().manual_seed(5)
+    B, Hq, Hkv, N, D, bq, bk = 2, 4, 2, 48, 32, 16, 16
+    q = torch.randn(B, Hq, N, D, generator=gen).to(DEVICE)
+    kv = torch.randn(B, N, 2, Hkv, D, generator=gen).to(DEVICE)
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+    counts, idx = make_layout(B, Hq, N, N, bq, bk, causal=True, kind="random", gen=gen)
+    counts, idx = counts.to(DEVICE), idx.to(DEVICE)
+    o0 = block_sparse_attention(q, k, v, counts, idx, block_q=bq, block_k=bk)
+    o1 = block_sparse_attention(q, k, v, counts, idx, block_q=bq, block_k=bk,
+                                config=dict(use_tma=True, tma_descriptor=mode))
+    assert bs_op.LAST_LAUNCH["tma"] == (bs_op.TMA_OFF if mode == "host" else bs_op.TMA_DEVICE)
+    assert torch.equal(o0, o1)
+
+
+def test_rejects_unsupported_tma_settings(monkeypatch):
+    q, k, v, counts, idx = _good()
+    _raises(r"config\.use_tma='yes' \(supported: True, False\)", q, k, v, counts, idx, config=dict(use_tma="yes"))
+    _raises(r"config\.tma_descriptor='tiled' \(supported: 'host', 'device'\)", q, k, v, counts, idx,
+            config=dict(use_tma=True, tma_descriptor="tiled"))
+    reasons = bs_op.tma_config_reasons
+    on = KernelConfig(64, 64, 4, 3, use_tma=True)
+    assert reasons(on, torch.device("cuda"), interpret=False, capability=(9, 0)) == []
+    assert reasons(replace(on, use_tma=False), torch.device("cuda"), interpret=False, capability=(8, 0)) == []
+    (r,) = reasons(on, torch.device("cuda"), interpret=False, capability=(8, 0))
+    assert "compute capability=8.0 (supported: >= 9.0, Hopper TMA): set use_tma=False" in r
+    (r,) = reasons(on, torch.device("cpu"), interpret=False)
+    assert "use_tma=True on device=cpu (supported: cuda with compute capability >= 9.0" in r
+    assert reasons(on, torch.device("cpu"), interpret=True) == []  # the interpreter emulates TMA
+    monkeypatch.setattr(bs_op, "_tma_api_missing", lambda kind: "triton 3.2 has no tl.make_tensor_descriptor")
+    _raises(r"use_tma=True with tma_descriptor='device': triton 3\.2 has no tl\.make_tensor_descriptor "
+            r"\(supported: triton >= 3\.4\)", q, k, v, counts, idx, config=dict(use_tma=True, tma_descriptor="device"))
+
+
+# --------------------------------------------------------------------------------------------------
+# the fast / masked split of a layout row scans the indices in chunks: exact for any order
+
+
+@pytest.mark.parametrize("chunk", [8, 64])
+def test_unordered_indices_and_multi_chunk_scan(monkeypatch, chunk):
+    """Rows longer than one scan chunk, indices in random order (the contract says ascending, the
+    kernel stays exact anyway: a masked block anywhere in the row is never run unmasked)."""
+    monkeypatch.setattr(bs_op, "_IDX_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(21)
+    B, Hq, Hkv, N, D, bq, bk = 1, 2, 1, 300, 16, 16, 16  # rows keep up to 19 blocks: > 2 chunks of 8
+    q, k, v = (torch.randn(B, h, N, D, generator=gen).to(DEVICE) for h in (Hq, Hkv, Hkv))
+    counts, idx = make_layout(B, Hq, N, N, bq, bk, causal=True, kind="random", gen=gen)
+    shuffled = idx.clone()
+    for h in range(Hq):
+        for i in range(counts.shape[-1]):
+            c = int(counts[0, h, i])
+            shuffled[0, h, i, :c] = idx[0, h, i, :c][torch.randperm(c, generator=gen)]
+    kw = dict(block_q=bq, block_k=bk, return_lse=True)
+    o_sorted, l_sorted = block_sparse_attention(q, k, v, counts.to(DEVICE), idx.to(DEVICE), **kw)
+    o, lse = block_sparse_attention(q, k, v, counts.to(DEVICE), shuffled.to(DEVICE), **kw)
+    nv, nv_lse = block_sparse_attention_naive(q.cpu(), k.cpu(), v.cpu(), counts, idx, **kw)
+    torch.testing.assert_close(o.cpu(), nv, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(o_sorted.cpu(), nv, rtol=1e-5, atol=2e-6)
+    fin = torch.isfinite(nv_lse)
+    torch.testing.assert_close(lse.cpu()[fin], nv_lse[fin], rtol=1e-5, atol=1e-5)
