@@ -139,7 +139,8 @@ def _layer_map(layers: Mapping[Any, Any]) -> dict[int, Any]:
                     raise ConfigError(f"layers[{key!r}] holds {i!r} (allowed: layer indices). Fix: e.g. "
                                       f"layers={{{key!r}: [0, 1]}}")
                 if i in out:
-                    raise ConfigError(f"layer {i} is listed twice in layers={dict(layers)!r}. Fix: list each layer once")
+                    raise ConfigError(f"layer {i} is listed twice in layers={dict(layers)!r}. "
+                                      "Fix: list each layer once")
                 out[i] = key
         else:
             raise ConfigError(f"layers key {key!r} (allowed: a layer index, or a preset name / 'dense' mapping to a "
@@ -187,7 +188,8 @@ def _settings_from_dict(spec: Any) -> Settings:
         return Settings()
     if not isinstance(spec, Mapping):
         raise ConfigError(f"config.sparsekit={spec!r} (allowed: a dict such as {{'preset': 'proxyattn', "
-                          "'min_seq_len': 8192, 'kernel': 'triton'}}). Fix: set a dict or call sparsekit.hf.configure()")
+                          "'min_seq_len': 8192, 'kernel': 'triton'}}). "
+                          "Fix: set a dict or call sparsekit.hf.configure()")
     opts = dict(spec)
     return Settings(opts.pop("preset", DEFAULT_PRESET), **opts)
 
@@ -256,7 +258,8 @@ def enable(model: Any, preset: Any = DEFAULT_PRESET, *, min_seq_len: int = DEFAU
             _PREVIOUS[id(cfg)] = cfg._attn_implementation
     _set_implementation(model, NAME)
     if model.config._attn_implementation != NAME:
-        raise UnsupportedError(f"{type(model).__name__} kept attn_implementation={model.config._attn_implementation!r}: "
+        impl = model.config._attn_implementation
+        raise UnsupportedError(f"{type(model).__name__} kept attn_implementation={impl!r}: "
                                "it does not dispatch attention through transformers' AttentionInterface "
                                "(allowed: models whose attention calls ALL_ATTENTION_FUNCTIONS). Fix: use a model "
                                "class that supports attn_implementation='sdpa'")
@@ -497,6 +500,10 @@ def _dense_reason(module: Any, query: Tensor, attention_mask: Any, dropout: floa
                   s: Settings, context: int) -> str | None:
     """Why this call must (or should) run SDPA, or ``None`` if it may go sparse."""
     Nq = query.shape[2]
+    if kwargs.get("s_aux") is not None:  # SDPA would silently drop the sinks
+        raise UnsupportedError("attention sinks (s_aux, e.g. gpt-oss) are not supported by attn_implementation="
+                               "'sparsekit' (allowed: models whose attention is plain softmax attention). Fix: use "
+                               "the model's own attn_implementation (e.g. 'eager')")
     if Nq == 1:
         return "decode"
     if attention_mask is not None and not isinstance(attention_mask, SparsekitMask):
@@ -508,7 +515,7 @@ def _dense_reason(module: Any, query: Tensor, attention_mask: Any, dropout: floa
         return "not causal"
     if kwargs.get("sliding_window") is not None:
         return "sliding window"
-    for feature in ("softcap", "s_aux", "position_bias"):
+    for feature in ("softcap", "position_bias"):
         if kwargs.get(feature) is not None:
             return f"unsupported feature: {feature}"
     if dropout and dropout > 0.0:

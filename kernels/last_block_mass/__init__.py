@@ -1,4 +1,5 @@
-"""The ``dynamic`` budget's input: per query head, the last block's exact attention mass per kv-block, ``[B, Hq, nKb]``."""
+"""The ``dynamic`` budget's input: per query head, the last block's exact attention mass per kv-block
+(``[B, Hq, nKb]``)."""
 
 from .naive import last_block_mass_naive
 from .op import CAPABILITIES, Capabilities, KernelConfig, last_block_mass, not_supported_reasons

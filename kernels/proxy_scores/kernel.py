@@ -34,6 +34,17 @@ def _dot(a, b, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
+def _round_to(x, DTYPE: tl.constexpr, EMULATE_RTNE: tl.constexpr):
+    # fp32 -> dot dtype; EMULATE_RTNE: the interpreter's fp32->bf16 cast truncates, so round to nearest
+    # even on the bits first (exact; the GPU cast already rounds this way)
+    if EMULATE_RTNE:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
+
+
+@triton.jit
 def _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
                  MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
     # scaled scores (log2 units) of the sampled rows against keys [start_n, start_n + BLOCK_N)
@@ -126,7 +137,7 @@ def _proxy_scores_fwd(
     qp = tl.zeros([BLOCK_S, HEAD_DIM], dtype=tl.float32)
     for hh in range(0, QH):
         qp += tl.load(q_ptrs + (h0 + hh) * stride_qh, mask=row_ok[:, None], other=0.0).to(tl.float32)
-    qp = (qp / QH).to(K.dtype.element_ty)
+    qp = _round_to(qp / QH, K.dtype.element_ty, UPCAST_DOT)
 
     offs_n = tl.arange(0, BLOCK_N)
     k_base = K + b64 * stride_kb + g64 * stride_kg + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd

@@ -236,7 +236,7 @@ def proxy_scores(
             STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=_pow2_at_least(n_sampled),
             HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k,
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
-            UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,
+            UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import ClassVar
 
 import attrs
@@ -45,6 +46,8 @@ class FixedBudget(Budgeter):
         if self.blocks is not None:
             count = torch.minimum(visible, torch.full_like(visible, self.blocks))
         else:
-            count = torch.ceil(visible.double() * float(self.ratio)).long()  # type: ignore[arg-type]
+            # ceil(visible * ratio) in exact integer arithmetic on the ratio's decimal value (0.28 * 25 = 7, not 8)
+            frac = Fraction(str(self.ratio)).limit_denominator(1 << 20)
+            count = (visible * frac.numerator + frac.denominator - 1) // frac.denominator
         count = count[:, None, :].expand(problem.B, problem.Hq, problem.nQb)
         return Budget("count", count.to(torch.int32).contiguous())

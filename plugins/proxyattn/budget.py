@@ -9,31 +9,31 @@ import torch
 from torch import Tensor
 
 from sparsekit import AttentionProblem, BlockScores, Budget, Budgeter
+from sparsekit.kernels.last_block_mass.naive import last_block_mass_naive
 from sparsekit.stages import non_negative_int, positive_int, unit_fraction
 
+from .estimator import choose_impl, impl_choice
 
-def last_block_mass(problem: AttentionProblem, step_mb: int = 256) -> Tensor:
+
+def last_block_mass(problem: AttentionProblem, step_mb: int = 256, impl: str = "torch") -> Tensor:
     """float32 ``[B, Hq, nKb]``: exact softmax attention of the last ``block_q`` query rows (all rows if
-    fewer) of every real head, averaged over those rows and summed per kv-block (each head sums to 1)."""
-    B, Hq, Hkv, Nq, Nk, D = problem.B, problem.Hq, problem.Hkv, problem.Nq, problem.Nk, problem.D
-    g, bk, nKb = problem.group_size, problem.block_k, problem.nKb
-    m = min(problem.block_q, Nq)
-    rows = torch.arange(Nq - m, Nq, device=problem.device)
-    kpos = torch.arange(Nk, device=problem.device)
-    ok = kpos[None, :] <= (Nk - Nq) + rows[:, None] if problem.causal else torch.ones(m, Nk, dtype=torch.bool,
-                                                                                        device=problem.device)
-    out = torch.empty(B, Hkv, g, nKb, dtype=torch.float32, device=problem.device)
-    per_kv_head = B * g * m * Nk * 4 * 3
-    step = max(1, (step_mb << 20) // per_kv_head)
-    for h0 in range(0, Hkv, step):  # chunks of KV heads bound memory; every head of a chunk at once
-        h1 = min(h0 + step, Hkv)
-        q = problem.q[:, h0 * g : h1 * g, Nq - m :].float().view(B, h1 - h0, g, m, D)
-        k = problem.k[:, h0:h1].float()
-        s = torch.matmul(q, k[:, :, None].transpose(-1, -2)) * problem.softmax_scale  # [B, h, g, m, Nk]
-        p = torch.softmax(s.masked_fill(~ok, float("-inf")), dim=-1).mean(3)  # [B, h, g, Nk]
-        p = torch.nn.functional.pad(p, (0, nKb * bk - Nk))
-        out[:, h0:h1] = p.view(B, h1 - h0, g, nKb, bk).sum(-1)
-    return out.view(B, Hq, nKb)
+    fewer) of every real head, averaged over those rows and summed per kv-block (each head sums to 1).
+
+    ``impl="torch"``: plain torch in chunks of KV heads bounded by ``step_mb``; ``"triton"``: the Triton
+    kernels (no loop, nothing token-level stored); ``"auto"``: Triton on CUDA when it can run the problem.
+    """
+    kw = dict(block_q=problem.block_q, block_k=problem.block_k, causal=problem.causal, scale=problem.softmax_scale)
+    if choose_impl(impl, problem, f"dynamic(impl={impl!r})", lambda: _kernel_reasons(problem)) == "triton":
+        from sparsekit.kernels.last_block_mass import op
+
+        return op.last_block_mass(problem.q, problem.k, **kw)
+    return last_block_mass_naive(problem.q, problem.k, step_mb=step_mb, **kw)
+
+
+def _kernel_reasons(problem: AttentionProblem) -> list[str]:
+    from sparsekit.kernels.last_block_mass import op
+
+    return op.not_supported_reasons(problem.q, problem.k, block_q=problem.block_q, block_k=problem.block_k)
 
 
 @attrs.frozen
@@ -44,6 +44,10 @@ class DynamicBudget(Budgeter):
     whose cumulative mass reaches ``gamma``, and set the head's ratio ``r_h = count / visible``. Each
     q-block ``i`` then keeps ``ceil(r_h * visible_i)`` blocks, at least ``ceil(min_budget / block_k)``
     and at most all visible blocks. ``gamma=1`` keeps everything (dense).
+
+    ``impl``: how the last block's mass is computed: ``"auto"`` (Triton on CUDA, torch elsewhere),
+    ``"torch"`` (KV-head chunks bounded by ``step_mb``) or ``"triton"``. The rest is a handful of
+    vectorized ops on ``[B, Hq, nKb]`` / ``[B, Hq, nQb]`` tensors, with no host synchronisation.
     """
 
     name: ClassVar[str] = "dynamic"
@@ -53,6 +57,7 @@ class DynamicBudget(Budgeter):
     gamma: float = attrs.field(default=0.95, validator=unit_fraction)
     min_budget: int = attrs.field(default=2048, validator=non_negative_int)
     step_mb: int = attrs.field(default=256, validator=positive_int, metadata={"tuning": True})
+    impl: str = attrs.field(default="auto", validator=impl_choice, metadata={"tuning": True})
 
     def allocate(self, problem: AttentionProblem, scores: BlockScores | None) -> Budget:
         _, _, visible = problem.block_bounds()  # [B, nQb]
@@ -60,7 +65,7 @@ class DynamicBudget(Budgeter):
         if self.gamma >= 1.0:
             count = n_last.expand(problem.B, problem.Hq)
         else:
-            mass = last_block_mass(problem, self.step_mb)  # [B, Hq, nKb]
+            mass = last_block_mass(problem, self.step_mb, self.impl)  # [B, Hq, nKb]
             csum = mass.sort(-1, descending=True).values.cumsum(-1)
             count = (csum < self.gamma).sum(-1) + 1  # smallest count reaching gamma
             count = torch.minimum(count, n_last)

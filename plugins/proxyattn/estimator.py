@@ -1,31 +1,61 @@
-"""``proxy``: ProxyAttn's block scores from one proxy head per group (arXiv 2509.24745)."""
+"""``proxy``: ProxyAttn's block scores from one proxy head per group (arXiv 2509.24745).
+
+Two implementations of one definition: plain torch (``sparsekit.kernels.proxy_scores.naive``, the
+reference, any device) and a Triton kernel (``sparsekit.kernels.proxy_scores.op``, GPU; CPU only under
+``TRITON_INTERPRET=1``, for tests). ``impl="auto"`` picks Triton for CUDA tensors it supports.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import ClassVar
+import importlib.util
+from functools import lru_cache
+from typing import Any, Callable, ClassVar
 
 import attrs
-import torch
-from torch import Tensor
 
-from sparsekit import AttentionProblem, BlockScores, Estimator, InputError
+from sparsekit import AttentionProblem, BlockScores, ConfigError, Estimator, InputError, UnsupportedError
+from sparsekit.errors import invalid
+from sparsekit.kernels.proxy_scores.naive import proxy_scores_naive, sampled_rows
 from sparsekit.stages import positive_int
 
+__all__ = ["IMPLS", "ProxyEstimator", "choose_impl", "impl_choice", "sampled_rows"]
 
-def sampled_rows(Nq: int, block_q: int, stride: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Rows sampled in each q-block: every ``stride``-th row counted back from the block's last row.
+IMPLS = ("auto", "torch", "triton")
 
-    Returns ``rows`` int64 ``[nQb, S]`` (clamped into range) and ``valid`` bool ``[nQb, S]``,
-    ``S = ceil(block_q / stride)``.
+
+def impl_choice(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    """attrs validator of the ``impl`` option."""
+    if value not in IMPLS:
+        raise invalid(attr.name, value, ", ".join(repr(i) for i in IMPLS),
+                      "pass impl='auto' (Triton on CUDA, torch elsewhere)", ConfigError)
+
+
+@lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def choose_impl(impl: str, problem: AttentionProblem, stage: str,
+                reasons: Callable[[], list[str]]) -> str:
+    """``"torch"`` or ``"triton"`` for this problem.
+
+    ``auto``: Triton for CUDA tensors when triton is installed and the kernel supports the problem, torch
+    otherwise (CPU always gets torch: the interpreter is for tests). ``triton``: Triton or an
+    :class:`UnsupportedError` listing every reason. ``reasons`` imports the kernel's op lazily (triton reads
+    ``TRITON_INTERPRET`` when the kernel module is first imported).
     """
-    nQb = math.ceil(Nq / block_q)
-    S = math.ceil(block_q / stride)
-    start = torch.arange(nQb, device=device) * block_q
-    last = torch.clamp(start + block_q, max=Nq) - 1
-    rows = last[:, None] - torch.arange(S, device=device)[None, :] * stride
-    valid = rows >= start[:, None]
-    return rows.clamp_min(0), valid
+    if impl == "torch":
+        return "torch"
+    if impl == "auto":
+        if problem.device.type != "cuda" or not _triton_installed():
+            return "torch"
+        return "torch" if reasons() else "triton"
+    why = (["triton is not installed (required by impl='triton'): pip install triton"]
+           if not _triton_installed() else reasons())
+    if why:
+        raise UnsupportedError(f"{stage}: impl='triton' cannot run {problem.describe()}:\n  - " + "\n  - ".join(why)
+                               + f"\nFix: build with {stage.split('(')[0]}(impl='torch') or impl='auto'")
+    return "triton"
 
 
 @attrs.frozen
@@ -37,7 +67,10 @@ class ProxyEstimator(Estimator):
     every ``stride``-th query row of each q-block (counted back from its last row, which is always
     kept) the causal softmax over all keys is computed exactly (scale ``1/sqrt(D)``), then max-pooled
     over the sampled rows of the q-block and the keys of each kv-block. Output ``[B, g, nQb, nKb]``;
-    blocks a q-block cannot see are ``-inf``. Memory per step is bounded by ``step_mb``.
+    blocks a q-block cannot see are ``-inf``.
+
+    ``impl``: ``"auto"`` (Triton on CUDA, torch elsewhere), ``"torch"`` or ``"triton"``. The torch path's
+    memory per step is bounded by ``step_mb``; the Triton path stores nothing token-level.
     """
 
     name: ClassVar[str] = "proxy"
@@ -47,33 +80,28 @@ class ProxyEstimator(Estimator):
     g: int = attrs.field(default=1, validator=positive_int)
     stride: int = attrs.field(default=4, validator=positive_int)
     step_mb: int = attrs.field(default=256, validator=positive_int, metadata={"tuning": True})
+    impl: str = attrs.field(default="auto", validator=impl_choice, metadata={"tuning": True})
 
     def estimate(self, problem: AttentionProblem) -> BlockScores:
-        B, Hq, Hkv, Nq, Nk, D = problem.B, problem.Hq, problem.Hkv, problem.Nq, problem.Nk, problem.D
-        G, bq, bk = self.g, problem.block_q, problem.block_k
+        Hkv, G = problem.Hkv, self.g
         if Hkv % G:
             divisors = [d for d in range(1, Hkv + 1) if Hkv % d == 0]
             raise InputError(f"g={G} does not divide the {Hkv} KV heads (allowed: {divisors}). "
                              f"Fix: build with estimator='proxy(g={max(d for d in divisors if d <= G)})'")
-        nQb, nKb = problem.nQb, problem.nKb
-        qp = problem.q.float().view(B, G, Hq // G, Nq, D).mean(2)  # [B, G, Nq, D]
-        kp = problem.k.float().view(B, G, Hkv // G, Nk, D).mean(2)  # [B, G, Nk, D]
-        rows, valid = sampled_rows(Nq, bq, self.stride, problem.device)  # [nQb, S]
-        S = rows.shape[1]
-        pad = nKb * bk - Nk
-        kpos = torch.arange(Nk, device=problem.device)
-        offset = Nk - Nq
-        out = torch.empty(B, G, nQb, nKb, dtype=torch.float32, device=problem.device)
-        per_block = B * G * S * (Nk + pad) * 4 * 3  # bytes of one q-block's scores, probs and pooling
-        step = max(1, (self.step_mb << 20) // per_block)
-        for i0 in range(0, nQb, step):
-            i1 = min(i0 + step, nQb)
-            r, ok_row = rows[i0:i1], valid[i0:i1]  # [c, S]
-            qs = qp[:, :, r]  # [B, G, c, S, D]
-            s = torch.matmul(qs, kp[:, :, None].transpose(-1, -2)) * problem.softmax_scale  # [B, G, c, S, Nk]
-            ok = ok_row[..., None] & (kpos <= offset + r[..., None] if problem.causal else torch.ones_like(kpos, dtype=torch.bool))
-            p = torch.softmax(s.masked_fill(~ok, float("-inf")), dim=-1).masked_fill(~ok, 0.0)
-            p = torch.nn.functional.pad(p, (0, pad)).amax(3)  # max over sampled rows: [B, G, c, Nk+pad]
-            out[:, :, i0:i1] = p.view(B, G, i1 - i0, nKb, bk).amax(-1)
-        vis = problem.visible_mask()  # [B, nQb, nKb]
-        return BlockScores(out.masked_fill(~vis[:, None], float("-inf")), "mass", {"g": G, "stride": self.stride})
+        kw = dict(groups=G, stride=self.stride, block_q=problem.block_q, block_k=problem.block_k,
+                  causal=problem.causal, scale=problem.softmax_scale)
+        if choose_impl(self.impl, problem, self.label, lambda: self._kernel_reasons(problem)) == "triton":
+            from sparsekit.kernels.proxy_scores import op
+
+            out = op.proxy_scores(problem.q, problem.k, **kw)  # [B, G, nQb, nKb], invisible blocks -inf
+        else:
+            out = proxy_scores_naive(problem.q, problem.k, step_mb=self.step_mb, **kw)
+        if problem.is_varlen:  # the pipeline trims sequences for this stage; direct callers get padding -inf
+            out = out.masked_fill(~problem.visible_mask()[:, None], float("-inf"))
+        return BlockScores(out, "mass", {"g": G, "stride": self.stride})
+
+    def _kernel_reasons(self, problem: AttentionProblem) -> list[str]:
+        from sparsekit.kernels.proxy_scores import op
+
+        return op.not_supported_reasons(problem.q, problem.k, groups=self.g, stride=self.stride,
+                                        block_q=problem.block_q, block_k=problem.block_k)

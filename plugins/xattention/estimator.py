@@ -65,7 +65,7 @@ class XAttentionEstimator(Estimator):
             i1 = min(i0 + step, nQb)
             c = i1 - i0
             q = problem.q[:, :, i0 * bq : min(i1 * bq, Nq)].float()
-            q = F.pad(q, (0, 0, 0, c * bq - q.shape[2])).view(B, Hkv, g, c * rq, s * D)  # [B, Hkv, g, c*rq, s*D]
+            q = F.pad(q, (0, 0, 0, c * bq - q.shape[2])).reshape(B, Hkv, g, c * rq, s * D)  # [B, Hkv, g, c*rq, s*D]
             scores = torch.matmul(q, kr.transpose(-1, -2)) * scale  # [B, Hkv, g, c*rq, ncol]
             row_first = (i0 * rq + torch.arange(c * rq, device=dev)) * s
             row_last = torch.clamp(row_first + s - 1, max=Nq - 1)  # last valid query of the group

@@ -1,0 +1,175 @@
+"""Tests of the Triton proxy-score kernel (``kernels/proxy_scores``) against its plain-torch twin.
+
+Without a GPU the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 must be set before the
+kernel module is imported), so sizes stay small. Accuracy: float32 inputs match the twin within
+rtol 1e-4; 16-bit inputs (the kernel rounds the proxy q/k to the input dtype for the tensor-core dot)
+err against a float64 reference at most twice as much as plain torch does with the same rounded
+proxies. Layouts built by the ``topk`` mask from kernel and twin scores are compared exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+if not os.environ.get("TRITON_INTERPRET") and not __import__("torch").cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import math
+
+import pytest
+import torch
+
+import sparsekit
+from sparsekit import AttentionProblem, BlockScores, Budget, ConfigError, UnsupportedError
+from sparsekit.kernels.proxy_scores import (
+    CAPABILITIES,
+    not_supported_reasons,
+    proxy_scores,
+    proxy_scores_naive,
+)
+from sparsekit.kernels.proxy_scores import op as ps_op
+from sparsekit.plugins.common.masks import TopKMask
+from sparsekit.plugins.proxyattn.estimator import ProxyEstimator, choose_impl
+
+DEVICE = "cuda" if torch.cuda.is_available() and not ps_op._INTERPRET else "cpu"
+
+CASES = [
+    # (B, Hq, Hkv, G, Nq, Nk, D, block_q, block_k, stride, causal, dtype)
+    pytest.param(1, 4, 4, 1, 128, 128, 16, 32, 32, 4, True, torch.float32, id="mha-aligned-s4"),
+    pytest.param(1, 28, 4, 4, 200, 200, 16, 32, 32, 4, True, torch.float32, id="gqa28/4-G4-ragged"),
+    pytest.param(1, 28, 4, 1, 150, 150, 32, 64, 64, 8, True, torch.float32, id="gqa28/4-G1-s8"),
+    pytest.param(1, 7, 1, 1, 230, 230, 64, 64, 64, 3, True, torch.float32, id="gqa7/1-s3-ragged"),
+    pytest.param(2, 4, 2, 2, 100, 333, 32, 32, 16, 3, True, torch.float32, id="chunked-Nq<Nk-bq>bk"),
+    pytest.param(1, 4, 2, 1, 90, 400, 16, 16, 64, 1, True, torch.float32, id="chunked-s1-bq<bk"),
+    pytest.param(1, 4, 2, 2, 200, 150, 32, 32, 32, 4, False, torch.float32, id="noncausal-Nq>Nk"),
+    pytest.param(1, 8, 8, 8, 130, 130, 16, 16, 16, 40, True, torch.float32, id="G=Hkv-stride>block"),
+    pytest.param(1, 8, 2, 1, 256, 256, 64, 64, 32, 4, True, torch.bfloat16, id="bf16-s4"),
+    pytest.param(1, 28, 4, 4, 170, 170, 32, 32, 32, 8, True, torch.bfloat16, id="bf16-gqa28/4-G4"),
+    pytest.param(1, 4, 2, 1, 120, 300, 32, 32, 64, 3, False, torch.float16, id="fp16-noncausal-chunked"),
+]
+
+
+def make_qk(seed, B, Hq, Hkv, Nq, Nk, D, dtype, q_mult=2.0):
+    """q, k in ``dtype`` (on DEVICE) with peaked softmax rows (query scale ``q_mult``)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, Nq, D, generator=gen) * q_mult
+    k = torch.randn(B, Hkv, Nk, D, generator=gen)
+    return q.to(DEVICE, dtype), k.to(DEVICE, dtype)
+
+
+def layout_of(scores, counts, Nq, Nk, bq, bk, causal, Hq, Hkv, D):
+    """``topk`` layout from scores and a count budget (shapes only read from the problem)."""
+    B = scores.shape[0]
+    q = torch.zeros(B, Hq, Nq, D, device=scores.device)
+    k = torch.zeros(B, Hkv, Nk, D, device=scores.device)
+    prob = AttentionProblem.create(q, k, block_q=bq, block_k=bk, causal=causal)
+    return TopKMask().build(prob, BlockScores(scores, "mass"), Budget("count", counts))
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,G,Nq,Nk,D,bq,bk,stride,causal,dtype", CASES)
+def test_matches_twin_and_layouts_agree(B, Hq, Hkv, G, Nq, Nk, D, bq, bk, stride, causal, dtype):
+    q, k = make_qk(Nq * 7 + Nk + D, B, Hq, Hkv, Nq, Nk, D, dtype)
+    kw = dict(groups=G, stride=stride, block_q=bq, block_k=bk, causal=causal)
+    out = proxy_scores(q, k, **kw)
+    twin = proxy_scores_naive(q, k, **kw)  # float32 math on the same (upcast) inputs
+    nQb, nKb = math.ceil(Nq / bq), math.ceil(Nk / bk)
+    assert out.shape == (B, G, nQb, nKb) and out.dtype == torch.float32
+    # the same blocks are -inf (past the causal horizon), all others are probabilities
+    assert torch.equal(torch.isneginf(out), torch.isneginf(twin))
+    fin = torch.isfinite(twin)
+    assert bool(torch.isfinite(out[fin]).all()) and bool(((out[fin] >= 0) & (out[fin] <= 1 + 1e-6)).all())
+
+    if dtype == torch.float32:
+        torch.testing.assert_close(out[fin], twin[fin], rtol=1e-4, atol=1e-7)
+        # layouts from both score tensors are identical (random per-row counts)
+        gen = torch.Generator().manual_seed(1)
+        counts = torch.randint(1, nKb + 1, (B, Hq, nQb), generator=gen, dtype=torch.int32).to(DEVICE)
+        a = layout_of(out, counts, Nq, Nk, bq, bk, causal, Hq, Hkv, D)
+        b = layout_of(twin, counts, Nq, Nk, bq, bk, causal, Hq, Hkv, D)
+        assert torch.equal(a.kv_counts, b.kv_counts) and torch.equal(a.kv_indices, b.kv_indices)
+    else:
+        # plain torch with the proxies rounded to the input dtype, as the kernel's dot sees them
+        qp = q.float().unflatten(1, (G, Hq // G)).mean(2).to(dtype)
+        kp = k.float().unflatten(1, (G, Hkv // G)).mean(2).to(dtype)
+        plain = proxy_scores_naive(qp, kp, **kw)
+        ref = proxy_scores_naive(q.double(), k.double(), **kw).double()
+        tol = 2 * float((plain.double() - ref)[fin].abs().max()) + 1e-6
+        err = float((out.double() - ref)[fin].abs().max())
+        assert err <= tol, f"kernel error {err:.3e} > tolerance {tol:.3e}"
+        assert float((out - twin)[fin].abs().max()) <= tol + float((twin.double() - ref)[fin].abs().max())
+
+
+def test_non_contiguous_inputs():
+    # [B, N, H, D] memory transposed to [B, H, N, D]: strides, no copies required
+    q, k = make_qk(3, 1, 4, 2, 96, 96, 16, torch.float32)
+    qt, kt = q.transpose(1, 2).contiguous().transpose(1, 2), k.transpose(1, 2).contiguous().transpose(1, 2)
+    kw = dict(groups=1, stride=4, block_q=32, block_k=32)
+    torch.testing.assert_close(proxy_scores(qt, kt, **kw), proxy_scores(q, k, **kw), rtol=0, atol=0)
+
+
+def test_config_override_matches_default():
+    q, k = make_qk(5, 1, 4, 2, 100, 100, 32, torch.float32)
+    kw = dict(groups=2, stride=4, block_q=32, block_k=64)
+    a = proxy_scores(q, k, **kw)
+    b = proxy_scores(q, k, **kw, config={"block_n": 16, "num_warps": 2})
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match=r"config.block_n=48 \(supported: a power of two >= 16 dividing block_k=64\)"):
+        proxy_scores(q, k, **kw, config={"block_n": 48})
+    with pytest.raises(ValueError, match=r"config keys \['block_m'\]"):
+        proxy_scores(q, k, **kw, config={"block_m": 16})
+
+
+def test_not_supported_reasons_name_value_and_fix():
+    q = torch.zeros(1, 4, 64, 96)
+    k = torch.zeros(1, 3, 64, 96, dtype=torch.float64)
+    reasons = not_supported_reasons(q, k, groups=2, stride=0, block_q=48, block_k=128)
+    text = "\n".join(reasons)
+    assert "head_dim=96 (supported: 16, 32, 64, 128, 256)" in text
+    assert "k.dtype=float64 differs from q.dtype=float32" in text
+    assert "Hkv=3 does not divide Hq=4" in text
+    assert "groups=2 (supported: a divisor of Hkv=3: 1, 3)" in text
+    assert "stride=0 (supported: an integer >= 1)" in text
+    assert "block_q=48 (supported:" in text
+    assert not_supported_reasons(torch.zeros(1, 4, 8, 16), "k") == [
+        "k is a str (supported: torch.Tensor): pass a tensor"]
+    with pytest.raises(ValueError, match="head_dim=96"):
+        proxy_scores(q, k.float(), groups=1)
+    assert torch.float32 in CAPABILITIES.dtypes and 128 in CAPABILITIES.head_dims
+
+
+def test_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setattr(ps_op, "_INTERPRET", False)
+    q, k = torch.zeros(1, 2, 32, 16), torch.zeros(1, 2, 32, 16)
+    reasons = not_supported_reasons(q, k)
+    assert any("device=cpu without TRITON_INTERPRET=1" in r and "impl='torch'" in r for r in reasons)
+    prob = AttentionProblem.create(q, k, block_q=16, block_k=16)
+    with pytest.raises(UnsupportedError, match=r"(?s)impl='triton' cannot run .*TRITON_INTERPRET=1.*impl='torch'"):
+        ProxyEstimator(impl="triton").estimate(prob)
+    # auto on CPU never asks the kernel
+    assert choose_impl("auto", prob, "proxy", lambda: pytest.fail("auto must not consult the kernel on CPU")) == "torch"
+
+
+def test_estimator_impl_option():
+    assert ProxyEstimator(impl="triton").label == "proxy(g=1,stride=4)"  # tuning option: not in the label
+    with pytest.raises(ConfigError, match=r"impl='cuda' is not allowed \(allowed: 'auto', 'torch', 'triton'\)"):
+        ProxyEstimator(impl="cuda")
+    q, k = make_qk(11, 1, 28, 4, 180, 180, 32, torch.float32)
+    prob = AttentionProblem.create(q, k, block_q=32, block_k=32)
+    a = ProxyEstimator(g=4, stride=4, impl="triton").estimate(prob)
+    b = ProxyEstimator(g=4, stride=4, impl="torch").estimate(prob)
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-4, atol=1e-7)
+    assert a.kind == b.kind == "mass" and a.info == b.info
+
+
+def test_pipeline_plans_equal_with_either_impl():
+    q, k = make_qk(13, 1, 8, 2, 300, 300, 32, torch.float32)
+    plans = []
+    for impl in ("torch", "triton"):
+        attn = sparsekit.build(estimator={"name": "proxy", "g": 2, "impl": impl},
+                               budget={"name": "dynamic", "gamma": 0.8, "min_budget": 0, "impl": impl},
+                               kernel="torch", block_q=32, block_k=32)
+        plans.append(attn.plan(q, k))
+    a, b = plans
+    assert a.name == b.name
+    assert torch.equal(a.budget.value, b.budget.value)
+    assert torch.equal(a.layout.kv_counts, b.layout.kv_counts) and torch.equal(a.layout.kv_indices, b.layout.kv_indices)
