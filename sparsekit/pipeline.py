@@ -161,7 +161,7 @@ class SparseAttention:
             if not reasons:
                 return self.kernel
             others = [k.name for k in self.kernels if k is not self.kernel and not k.not_supported_reasons(problem, v, layout)]
-            alt = f" Kernels that can run it: {', '.join(others)} (or kernel='auto')." if others else ""
+            alt = f"\nKernels that can run it: {', '.join(others)} (or kernel='auto')." if others else ""
             raise UnsupportedError(f"kernel {self.kernel.name!r} cannot run {problem.describe()}:\n  - "
                                    + "\n  - ".join(reasons) + alt)
         report = []
