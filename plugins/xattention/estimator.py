@@ -52,7 +52,9 @@ class XAttentionEstimator(Estimator):
         rq, rk = bq // s, bk // s  # strided rows per q-block, strided columns per kv-block
         ncol = nKb * rk
         # keys: zero-pad to whole blocks, reverse each group of `stride` rows, flatten the group
-        k = F.pad(problem.k.float(), (0, 0, 0, nKb * bk - Nk))  # [B, Hkv, nKb*bk, D]
+        # matmuls in the input dtype (16-bit inputs use tensor cores with fp32 accumulation), softmax in fp32
+        cdt = problem.k.dtype if problem.k.dtype in (torch.float16, torch.bfloat16, torch.float64) else torch.float32
+        k = F.pad(problem.k.to(cdt), (0, 0, 0, nKb * bk - Nk))  # [B, Hkv, nKb*bk, D]
         kr = k.view(B, Hkv, ncol, s, D).flip(3).reshape(B, Hkv, 1, ncol, s * D)
         col_first = torch.arange(ncol, device=dev) * s  # first key of each strided column
         col_ok = col_first < Nk
@@ -64,17 +66,22 @@ class XAttentionEstimator(Estimator):
         for i0 in range(0, nQb, step):
             i1 = min(i0 + step, nQb)
             c = i1 - i0
-            q = problem.q[:, :, i0 * bq : min(i1 * bq, Nq)].float()
+            q = problem.q[:, :, i0 * bq : min(i1 * bq, Nq)].to(cdt)
             q = F.pad(q, (0, 0, 0, c * bq - q.shape[2])).reshape(B, Hkv, g, c * rq, s * D)  # [B, Hkv, g, c*rq, s*D]
-            scores = torch.matmul(q, kr.transpose(-1, -2)) * scale  # [B, Hkv, g, c*rq, ncol]
+            # causal: only the kv-blocks this chunk's last row can see (the rest of the row stays 0)
+            last_row = min(i1 * bq, Nq) - 1
+            nkb = nKb if not problem.causal else min(nKb, max(0, offset + last_row) // bk + 1)
+            cols = nkb * rk
+            scores = torch.matmul(q, kr[..., :cols, :].transpose(-1, -2)).float() * scale  # [B, Hkv, g, c*rq, cols]
             row_first = (i0 * rq + torch.arange(c * rq, device=dev)) * s
             row_last = torch.clamp(row_first + s - 1, max=Nq - 1)  # last valid query of the group
-            ok = (row_first < Nq)[:, None] & col_ok[None, :]
+            ok = (row_first < Nq)[:, None] & col_ok[None, :cols]
             if problem.causal:
-                ok = ok & (col_first[None, :] <= offset + row_last[:, None])
+                ok = ok & (col_first[None, :cols] <= offset + row_last[:, None])
             p = torch.softmax(scores.masked_fill(~ok, float("-inf")), dim=-1).masked_fill(~ok, 0.0)
-            cell = p.view(B, Hkv, g, c, rq, nKb, rk).sum((4, 6))  # [B, Hkv, g, c, nKb]
+            cell = p.view(B, Hkv, g, c, rq, nkb, rk).sum((4, 6))  # [B, Hkv, g, c, nkb]
             cell = cell / cell.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            out[:, :, i0:i1] = cell.view(B, Hq, c, nKb)
+            out[:, :, i0:i1, nkb:] = 0.0
+            out[:, :, i0:i1, :nkb] = cell.view(B, Hq, c, nkb)
         vis = problem.visible_mask()  # [B, nQb, nKb]
         return BlockScores(out.masked_fill(~vis[:, None], float("-inf")), "mass", {"stride": s})

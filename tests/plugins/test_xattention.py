@@ -117,7 +117,8 @@ def test_xattention_custom_scale_and_bf16():
     ref = bf_xattention(q, k, 4, 32, 32, True, scale=0.5)
     fin = torch.isfinite(ref)
     assert got.dtype == torch.float32 and torch.equal(fin, torch.isfinite(got))
-    torch.testing.assert_close(got.double()[fin], ref[fin], rtol=1e-5, atol=1e-6)
+    # 16-bit inputs: the strided q.k products run in bf16 (tensor cores; bf16-rounded logits), softmax in fp32
+    torch.testing.assert_close(got.double()[fin], ref[fin], rtol=8e-3, atol=1e-4)
 
 
 def test_xattention_varlen_equals_per_sequence():
