@@ -341,6 +341,38 @@ def _composition_params() -> list[Any]:
 COMPOSITIONS = _composition_params()
 
 
+def _declared_compatible(est: Any, bud: Any, mask: Any) -> bool:
+    """What the stage declarations allow, written independently of build()'s checks."""
+    m = type(mask)
+    uses_scores = m.needs_scores or (bud is not None and bud.needs_scores)
+    if m.needs_scores and (est is None or est.produces not in m.accepts_scores):
+        return False
+    if m.needs_budget != (bud is not None):
+        return False
+    if bud is not None and bud.produces not in m.accepts_budgets:
+        return False
+    if bud is not None and bud.needs_scores and (est is None or est.produces not in bud.accepts_scores):
+        return False
+    return est is None or uses_scores
+
+
+def test_build_accepts_exactly_the_declared_compositions_and_names_the_refused_pair():
+    n_refused = 0
+    for est, bud, mask in itertools.product([None, *ESTIMATORS], [None, *BUDGETS], MASKS):
+        want = _declared_compatible(est, bud, mask)
+        try:
+            sparsekit.build(estimator=est, budget=bud, mask=mask, kernel="torch")
+            got, msg = True, ""
+        except CompositionError as exc:
+            got, msg = False, str(exc)
+        assert got == want, (label(est), label(bud), label(mask), msg)
+        if not got:
+            n_refused += 1
+            named = [s.name for s in (est, bud, mask) if s is not None and repr(s.name) in msg]
+            assert named and "Fix:" in msg, msg  # names at least one stage of the refused pair and the fix
+    assert n_refused > 0
+
+
 def test_some_compositions_are_accepted():
     names = [p.id for p in COMPOSITIONS]
     assert any("topk" in n for n in names) and any(n.startswith("none+none+dense") for n in names), names
