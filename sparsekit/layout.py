@@ -15,13 +15,17 @@ if TYPE_CHECKING:
     from .problem import AttentionProblem
 
 
+def lengths(lens: Tensor | None, n: int, batch: int, device: torch.device) -> Tensor:
+    """Per-sequence lengths as int64 ``[batch]`` on ``device``; ``None`` means every sequence has length ``n``."""
+    return lens.to(device).long() if lens is not None else torch.full((batch,), n, device=device)
+
+
 def block_geometry(B: int, Nq: int, Nk: int, block_q: int, block_k: int, causal: bool,
                    q_lens: Tensor | None, k_lens: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Per (sequence, q-block), int64 ``[B, nQb]``: ``first`` and ``last`` kv-block holding the rows'
     own positions (the diagonal blocks, bottom-right aligned) and ``visible``, the number of
     kv-blocks (a prefix ``0..visible-1``) any row of the q-block may see. Empty q-blocks see 0."""
-    ql = q_lens.to(device).long() if q_lens is not None else torch.full((B,), Nq, device=device)
-    kl = k_lens.to(device).long() if k_lens is not None else torch.full((B,), Nk, device=device)
+    ql, kl = lengths(q_lens, Nq, B, device), lengths(k_lens, Nk, B, device)
     nQb = math.ceil(Nq / block_q)
     r0 = torch.arange(nQb, device=device)[None, :] * block_q  # first row of each q-block
     r1 = torch.minimum(r0 + block_q, ql[:, None]) - 1  # last valid row
@@ -202,8 +206,7 @@ class BlockLayout:
 
         dev = self.device
         first, _, _ = self.geometry()
-        ql = self.q_lens.to(dev).long() if self.q_lens is not None else torch.full((self.B,), self.Nq, device=dev)
-        kl = self.k_lens.to(dev).long() if self.k_lens is not None else torch.full((self.B,), self.Nk, device=dev)
+        ql, kl = lengths(self.q_lens, self.Nq, self.B, dev), lengths(self.k_lens, self.Nk, self.B, dev)
         nKb, slot = self.nKb, torch.arange(self.max_k, device=dev)
         idx = self.kv_indices.long()
         used = slot < self.kv_counts[..., None]

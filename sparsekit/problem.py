@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError, invalid
-from .layout import block_geometry
+from .layout import block_geometry, lengths
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 BLOCK_SIZES = (16, 32, 64, 128, 256, 512)
@@ -139,8 +139,7 @@ class AttentionProblem:
     def lens(self) -> tuple[Tensor, Tensor]:
         """Per-sequence lengths as int64 tensors ``[B]`` on the problem's device (filled when absent)."""
         dev = self.device
-        ql = self.q_lens.long() if self.q_lens is not None else torch.full((self.B,), self.Nq, device=dev)
-        kl = self.k_lens.long() if self.k_lens is not None else torch.full((self.B,), self.Nk, device=dev)
+        ql, kl = lengths(self.q_lens, self.Nq, self.B, dev), lengths(self.k_lens, self.Nk, self.B, dev)
         return ql, kl
 
     # block geometry --------------------------------------------------------------------------

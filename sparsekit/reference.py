@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from .layout import lengths
+
 
 def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, q_lens: Tensor | None = None,
                     k_lens: Tensor | None = None, scale: float | None = None, chunk: int = 1024,
@@ -23,8 +25,7 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, q_l
     acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
-    ql = q_lens.to(dev).long() if q_lens is not None else torch.full((B,), Nq, device=dev)
-    kl = k_lens.to(dev).long() if k_lens is not None else torch.full((B,), Nk, device=dev)
+    ql, kl = lengths(q_lens, Nq, B, dev), lengths(k_lens, Nk, B, dev)
     kk = k.to(acc).view(B, Hkv, 1, Nk, D)
     vv = v.to(acc).view(B, Hkv, 1, Nk, v.shape[-1])
     kpos = torch.arange(Nk, device=dev)
