@@ -6,22 +6,72 @@ from typing import ClassVar
 
 import attrs
 import torch
+from torch import Tensor
 
 from sparsekit import AttentionProblem, BlockLayout, BlockScores, Budget, MaskBuilder
+from sparsekit.errors import ConfigError, invalid
+from sparsekit.kernels.topk_compact.naive import topk_compact_naive
+from sparsekit.stages import positive_int
+
+IMPLS = ("auto", "torch", "triton")
+
+
+def _impl_choice(inst: object, attr: attrs.Attribute, value: object) -> None:
+    if value not in IMPLS:
+        raise invalid(attr.name, value, f"one of {', '.join(map(repr, IMPLS))}", "pass impl='auto'", ConfigError)
+
+
+def _forced_rows(first: Tensor, last: Tensor, visible: Tensor, j: Tensor, sink: bool,
+                 diagonal: bool) -> tuple[Tensor, Tensor]:
+    """(forced, visible) bool ``[B, n, nKb]`` for the q-block rows of ``first``/``last``/``visible`` ``[B, n]``."""
+    vis = j < visible[:, :, None]
+    forced = torch.zeros_like(vis)
+    if diagonal:
+        forced = (j >= first[:, :, None]) & (j <= last[:, :, None])
+    if sink:
+        forced = forced | (j == 0)
+    return forced & vis, vis
 
 
 def forced_blocks(problem: AttentionProblem, sink: bool, diagonal: bool) -> torch.Tensor:
     """Bool ``[B, nQb, nKb]``: blocks always kept — the sink block 0 and the diagonal blocks (those
     holding the q-block's own positions: one when blocks align, two when chunked prefill offsets them)."""
     first, last, visible = problem.block_bounds()
-    j = torch.arange(problem.nKb, device=problem.device)[None, None, :]
-    vis = j < visible[:, :, None]
-    forced = torch.zeros_like(vis)
-    if sink:
-        forced |= j == 0
+    j = torch.arange(problem.nKb, device=problem.device)
+    return _forced_rows(first, last, visible, j, sink, diagonal)[0]
+
+
+def forced_count(first: Tensor, last: Tensor, visible: Tensor, sink: bool, diagonal: bool) -> Tensor:
+    """int64 ``[B, nQb]``: ``forced_blocks(...).sum(-1)`` from the block bounds alone (no ``nKb`` axis).
+
+    The diagonal blocks ``[first, last]`` (``first <= last``; both negative when a non-causal q-block's rows
+    lie before the keys) clipped to the visible prefix, plus the sink block 0 when the q-block sees anything
+    and the diagonal does not already hold block 0."""
+    n = torch.zeros_like(visible)
     if diagonal:
-        forced |= (j >= first[:, :, None]) & (j <= last[:, :, None])
-    return forced & vis
+        n = (torch.minimum(last, visible - 1) - first.clamp_min(0) + 1).clamp_min(0)
+    if sink:
+        sink_extra = visible > 0
+        if diagonal:
+            sink_extra = sink_extra & ((first > 0) | (last < 0))
+        n = n + sink_extra
+    return n
+
+
+def topk_rows_per_chunk(B: int, Hq: int, G: int, nKb: int, max_k: int, score_bytes: int, chunk_mb: int,
+                        head_bytes: int = 21) -> int:
+    """q-block rows :meth:`TopKMask.build` processes at once so that its temporaries stay within ``chunk_mb``
+    MiB (at least one row). Bytes per q-block row, an upper estimate of what is live at once:
+
+    * bounds: ``~6 * B*nKb`` (visible / forced bool masks and their comparisons);
+    * group sort: ``(3*s + 16) * B*G*nKb`` (float key of ``s`` bytes, sorted values, int64 order, workspace);
+    * group candidates: ``32 * B*G*max_k`` (int64 order prefix, sorted block ids and ranks; their int32 copies);
+    * per head: ``head_bytes * B*Hq*max_k``: 21 for the torch compaction (bool flags, int32 cumsum and padding
+      slots, int64 scatter index, int32 values), 0 for the Triton kernel (it writes the layout directly).
+    """
+    per_row = (6 * B * nKb + (3 * score_bytes + 16) * B * G * nKb + 32 * B * G * max_k
+               + head_bytes * B * Hq * max_k)
+    return max(1, (chunk_mb << 20) // max(per_row, 1))
 
 
 @attrs.frozen
@@ -30,6 +80,13 @@ class TopKMask(MaskBuilder):
 
     The sink block and the diagonal blocks are always kept (the count grows to fit them if needed).
     Ties go to the lower block index; NaN scores rank lowest. Heads of one score group share one sort.
+
+    Tuning knobs (results do not depend on them): ``chunk_mb``: the q-block rows are processed in chunks whose
+    temporaries stay within about ``chunk_mb`` MiB, so the stage needs the layout itself plus that. ``impl``:
+    the per-head compaction runs as one Triton kernel (``sparsekit.kernels.topk_compact``; ``"auto"`` picks it
+    on CUDA) or as plain torch (``"torch"``, the kernel's reference twin; ``"auto"`` elsewhere).
+
+    One host synchronisation: ``max_k = count.max()`` sizes the layout.
     """
 
     name: ClassVar[str] = "topk"
@@ -39,28 +96,51 @@ class TopKMask(MaskBuilder):
 
     sink: bool = True
     diagonal: bool = True
+    chunk_mb: int = attrs.field(default=1024, validator=positive_int, metadata={"tuning": True})
+    impl: str = attrs.field(default="auto", validator=_impl_choice, metadata={"tuning": True})
 
     def build(self, problem: AttentionProblem, scores: BlockScores | None, budget: Budget | None) -> BlockLayout:
         assert scores is not None and budget is not None  # guaranteed by build()'s composition check
         B, Hq, nQb, nKb = problem.B, problem.Hq, problem.nQb, problem.nKb
         G = scores.groups
-        _, _, visible = problem.block_bounds()  # [B, nQb]
-        forced = forced_blocks(problem, self.sink, self.diagonal)  # [B, nQb, nKb]
-        vis = torch.arange(nKb, device=problem.device)[None, None, :] < visible[:, :, None]
+        dev = problem.device
+        first, last, visible = problem.block_bounds()  # [B, nQb]
 
         count = torch.minimum(budget.value.long(), visible[:, None, :])
-        count = torch.maximum(count, forced.sum(-1)[:, None, :])  # [B, Hq, nQb]
-        max_k = int(count.max()) if count.numel() else 0  # host sync: max_k sizes the layout
+        count = torch.maximum(count, forced_count(first, last, visible, self.sink, self.diagonal)[:, None, :])
+        max_k = int(count.max()) if count.numel() else 0  # the one host sync: max_k sizes the layout
+        counts32 = count.to(torch.int32)
         if max_k == 0:
-            empty = torch.zeros(B, Hq, nQb, 0, dtype=torch.int32, device=problem.device)
-            return BlockLayout.for_problem(problem, count.to(torch.int32), empty)
+            empty = torch.zeros(B, Hq, nQb, 0, dtype=torch.int32, device=dev)
+            return BlockLayout.for_problem(problem, counts32, empty)
 
-        # one stable sort per score group: forced blocks first, invisible last, ties to the lower index
-        key = torch.nan_to_num(scores.scores, nan=float("-inf"))
-        key = key.masked_fill(~vis[:, None], float("-inf")).masked_fill(forced[:, None], float("inf"))
-        order = torch.sort(key, dim=-1, descending=True, stable=True).indices[..., :max_k]  # [B, G, nQb, max_k]
-        order = order[:, :, None].expand(B, G, Hq // G, nQb, max_k).reshape(B, Hq, nQb, max_k)
-        keep = torch.arange(max_k, device=problem.device) < count[..., None]
-        idx = torch.where(keep, order, nKb).sort(-1).values
-        idx = torch.where(idx == nKb, 0, idx).to(torch.int32).contiguous()
-        return BlockLayout.for_problem(problem, count.to(torch.int32).contiguous(), idx)
+        # Exactness (vs. sorting every head's top-count blocks): heads of group g share the group's stable
+        # descending order; head h keeps the first count[h] entries of it, i.e. the candidates (the group's
+        # first max_k blocks) whose rank in the order is < count[h]. Sorting the candidates by block index once
+        # per group gives (asc, rank); a stable compaction of asc by the flag rank < count[h] is then head h's
+        # kept blocks in ascending order. Non-kept candidates are scattered, as 0, to the padding slots
+        # count[h].. max_k-1 in order, so every slot is written exactly once (a permutation, no memset).
+        out = torch.empty(B, Hq, nQb, max_k, dtype=torch.int32, device=dev)
+        j = torch.arange(nKb, device=dev)
+        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda")
+        if use_triton:
+            from sparsekit.kernels.topk_compact import topk_compact
+        else:
+            topk_compact = topk_compact_naive
+        step = topk_rows_per_chunk(B, Hq, G, nKb, max_k, scores.scores.element_size(), self.chunk_mb,
+                                   0 if use_triton else 21)
+        for i0 in range(0, nQb, step):
+            i1 = min(i0 + step, nQb)
+            forced, vis = _forced_rows(first[:, i0:i1], last[:, i0:i1], visible[:, i0:i1], j, self.sink,
+                                       self.diagonal)  # [B, n, nKb]
+            # one stable sort per score group: forced blocks first, invisible last, ties to the lower index
+            key = torch.nan_to_num(scores.scores[:, :, i0:i1], nan=float("-inf"))
+            key = key.masked_fill_(~vis[:, None], float("-inf")).masked_fill_(forced[:, None], float("inf"))
+            del forced, vis
+            order = torch.sort(key, dim=-1, descending=True, stable=True).indices[..., :max_k]  # [B, G, n, max_k]
+            del key
+            asc, rank = order.sort(-1)  # candidates by block index, and their rank in the group order
+            del order
+            topk_compact(asc.to(torch.int32), rank.to(torch.int32), counts32[:, :, i0:i1], out=out[:, :, i0:i1])
+            del asc, rank
+        return BlockLayout.for_problem(problem, counts32, out)

@@ -1,0 +1,62 @@
+"""Launcher of the Triton top-k compaction kernel (contract: ``naive.py``'s docstring).
+
+One launch, grid ``B * Hq * n`` programs; allocates nothing but the output (when ``out`` is not given).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+from . import kernel as _kernel
+
+
+def _detect_interpreter() -> bool:
+    if type(_kernel._topk_compact).__name__ == "InterpretedFunction":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+#: True when the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 at import).
+_INTERPRET: bool = _detect_interpreter()
+
+
+def not_supported_reasons(asc: Tensor) -> list[str]:
+    if asc.device.type == "cpu" and not _INTERPRET:
+        return ["device=cpu without TRITON_INTERPRET=1 (supported: cuda): move the tensors to a GPU or use "
+                "the torch path (topk_compact_naive)"]
+    return []
+
+
+def topk_compact(asc: Tensor, rank: Tensor, count: Tensor, out: Tensor | None = None, block: int = 1024) -> Tensor:
+    B, G, n, K = asc.shape
+    Hq = count.shape[1]
+    reasons = not_supported_reasons(asc)
+    if (asc.dtype != torch.int32 or rank.dtype != torch.int32 or rank.shape != asc.shape or Hq % G
+            or tuple(count.shape) != (B, Hq, n)):
+        reasons.append(f"asc {asc.dtype} {tuple(asc.shape)}, rank {rank.dtype} {tuple(rank.shape)}, count "
+                       f"{tuple(count.shape)} (allowed: int32 [B, G, n, K] twice and [B, Hq, n] with G | Hq)")
+    if reasons:
+        raise ValueError("topk_compact: " + "; ".join(reasons))
+    if out is None:
+        out = torch.empty(B, Hq, n, K, dtype=torch.int32, device=asc.device)
+    if out.numel() == 0:
+        return out
+    asc = asc.contiguous()
+    rank = rank.contiguous()
+    assert out.dtype == torch.int32 and out.stride(-1) == 1 and tuple(out.shape) == (B, Hq, n, K)
+    BLOCK = max(16, min(block, triton_next_pow2(K)))
+    _kernel._topk_compact[(B * Hq * n,)](
+        asc, rank, count, out, K, n, Hq // G,
+        asc.stride(0), asc.stride(1), asc.stride(2),
+        count.stride(0), count.stride(1), count.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        Hq, BLOCK=BLOCK, num_warps=4 if BLOCK >= 512 else 2,
+    )
+    return out
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
