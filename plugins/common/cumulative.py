@@ -17,7 +17,7 @@ from sparsekit import (AttentionProblem, BlockLayout, BlockScores, Budget, Budge
                        PluginError)
 from sparsekit.stages import non_negative_int, unit_fraction
 
-from .masks import forced_blocks
+from .masks import TopKMask, forced_blocks
 
 
 @attrs.frozen
@@ -112,13 +112,7 @@ class CumulativeMask(MaskBuilder):
         count = torch.minimum(count, vis_n)
         count = torch.maximum(count, forced.sum(-1)[:, None, :])  # [B, Hq, nQb]
 
-        max_k = int(count.max()) if count.numel() else 0  # host sync: max_k sizes the layout
-        if max_k == 0:
-            empty = torch.zeros(B, Hq, nQb, 0, dtype=torch.int32, device=dev)
-            return BlockLayout.for_problem(problem, count.to(torch.int32).contiguous(), empty)
-        order = order[..., :max_k, None].expand(B, G, nQb, max_k, Hq // G)  # heads of a group share the order
-        order = order.permute(0, 1, 4, 2, 3).reshape(B, Hq, nQb, max_k)
-        keep = torch.arange(max_k, device=dev) < count[..., None]
-        idx = torch.where(keep, order, nKb).sort(-1).values
-        idx = torch.where(idx == nKb, 0, idx).to(torch.int32).contiguous()
-        return BlockLayout.for_problem(problem, count.to(torch.int32).contiguous(), idx)
+        # the kept blocks are the first `count` of the group order above: exactly what `topk` selects from the
+        # normalized mass with these counts (same forced/invisible/tie rules), in O(layout) memory
+        return TopKMask(sink=self.sink, diagonal=self.diagonal).build(
+            problem, BlockScores(norm, "mass"), Budget("count", count.to(torch.int32).contiguous()))
