@@ -1,4 +1,4 @@
-"""The ``sparsekit`` command: ``list``, ``demo``, ``info``."""
+"""The ``sparsekit`` command: ``list``, ``demo``, ``info``, ``ablate``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--kernel", default=None, help="override the preset's kernel (default: auto)")
     p_demo.add_argument("--seed", type=int, default=0)
     p_demo.add_argument("--json", action="store_true")
+    p_abl = sub.add_parser("ablate", help="a grid of strategies x parameters x workloads x lengths vs dense (TOML config)")
+    p_abl.add_argument("config", help="ablation TOML file (see docs/ablation.md and examples/ablations/)")
+    p_abl.add_argument("--out", default=None, help="output folder (default: the config's `out`, else runs/<config name>)")
+    p_abl.add_argument("--device", default=None, help="override the config's device (auto, cpu, cuda, cuda:1, ...)")
+    p_abl.add_argument("--dtype", default=None, help="override the config's dtype (float32, bfloat16, float16)")
+    p_abl.add_argument("--no-plots", action="store_true", help="skip the plots")
     args = parser.parse_args(argv)
 
     from .errors import SparsekitError
@@ -43,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(result, indent=2))
             else:
                 print_demo(result)
+        elif args.command == "ablate":
+            from .ablate import run
+
+            run(args.config, out=args.out, device=args.device, dtype=args.dtype, plots=not args.no_plots)
     except SparsekitError as exc:
         print(f"sparsekit: error: {exc}", file=sys.stderr)
         return 2

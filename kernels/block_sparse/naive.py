@@ -79,25 +79,31 @@ def block_sparse_attention_naive(
     arange_k = torch.arange(block_k, device=dev)
     chunk = Hq if heads_per_chunk is None else max(1, heads_per_chunk)
 
+    # per q-block, gather only up to that row's largest count (time follows the kept blocks; one host read
+    # of the counts, this is the reference path)
+    row_max = kv_counts.clamp(0, max_k).amax(dim=(0, 1)).tolist() if kv_counts.numel() else []
     for i in range(nQb):
         r0, r1 = i * block_q, min((i + 1) * block_q, Nq)
         rows = torch.arange(r0, r1, device=dev)  # [m]
+        mk = int(row_max[i])
+        if mk == 0:
+            continue
         for h0 in range(0, Hq, chunk):
             h1 = min(h0 + chunk, Hq)
             heads = torch.arange(h0, h1, device=dev)
             cnt = kv_counts[:, h0:h1, i].long()  # [B, h]
-            idx = kv_indices[:, h0:h1, i, :].long().clamp(0, nKb - 1)  # [B, h, max_k]
-            # gather the kept blocks of each head's KV group: [B, h, max_k, block_k, D]
+            idx = kv_indices[:, h0:h1, i, :mk].long().clamp(0, nKb - 1)  # [B, h, mk]
+            # gather the kept blocks of each head's KV group: [B, h, mk, block_k, D]
             bsel = torch.arange(B, device=dev)[:, None, None]
             hsel = (heads // group)[None, :, None]
-            kg = kb[bsel, hsel, idx].reshape(B, h1 - h0, max_k * block_k, -1).to(acc)
-            vg = vb[bsel, hsel, idx].reshape(B, h1 - h0, max_k * block_k, -1).to(acc)
+            kg = kb[bsel, hsel, idx].reshape(B, h1 - h0, mk * block_k, -1).to(acc)
+            vg = vb[bsel, hsel, idx].reshape(B, h1 - h0, mk * block_k, -1).to(acc)
             qi = q[:, h0:h1, r0:r1].to(acc)  # [B, h, m, D]
-            s = torch.einsum("bhmd,bhnd->bhmn", qi, kg) * scale  # [B, h, m, max_k*block_k]
+            s = torch.einsum("bhmd,bhnd->bhmn", qi, kg) * scale  # [B, h, m, mk*block_k]
 
             # which keys each row may see
             kpos = (idx[..., None] * block_k + arange_k).reshape(B, h1 - h0, -1)  # [B, h, n]
-            slot_ok = (torch.arange(max_k, device=dev)[None, None, :] < cnt[..., None])
+            slot_ok = (torch.arange(mk, device=dev)[None, None, :] < cnt[..., None])
             slot_ok = slot_ok[..., None].expand(-1, -1, -1, block_k).reshape(B, h1 - h0, -1)
             ok = (slot_ok & (kpos < klen[:, None, None]))[:, :, None, :]  # [B, h, 1, n]
             row_ok = (rows[None, :] < qlen[:, None])[:, None, :, None]  # [B, 1, m, 1]
