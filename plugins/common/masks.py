@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from typing import ClassVar
 
 import attrs
@@ -122,7 +124,8 @@ class TopKMask(MaskBuilder):
         # count[h].. max_k-1 in order, so every slot is written exactly once (a permutation, no memset).
         out = torch.empty(B, Hq, nQb, max_k, dtype=torch.int32, device=dev)
         j = torch.arange(nKb, device=dev)
-        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda")
+        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda"
+                                               and importlib.util.find_spec("triton") is not None)
         if use_triton:
             from sparsekit.kernels.topk_compact import topk_compact
         else:

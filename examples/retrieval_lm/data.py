@@ -1,0 +1,237 @@
+"""Seeded synthetic multi-key associative recall over raw token ids (no tokenizer).
+
+A sequence is a haystack of random *filler* tokens in which ``P`` key-value pairs are scattered at random
+depths, followed by queries that name a key and are answered by its value::
+
+    BOS  f f f  SEP k1 v1  f f f f  SEP k2 v2  f f ... f  QUERY k2 v2  QUERY k1 v1 ...
+                                                              ^^ ^^ the model predicts v2 at the k2 position
+
+Vocabulary (``Vocab``, 1024 ids by default): ``0..15`` specials (PAD, BOS, SEP, QUERY, EOS, the rest
+reserved), then 256 key ids, 256 value ids and 496 filler ids (disjoint ranges). Keys are distinct within a
+sequence, values are drawn independently (duplicates allowed: only the key determines the answer), a value is
+``value_len`` tokens (default 1). Answering needs an induction circuit (previous-token head + content match
+against the query key), reading a single far-back position: the needle can sit anywhere in the context.
+
+Everything is generated with ``torch`` on the CPU from a ``torch.Generator`` seeded by the caller, so the same
+seed gives the same tokens on every machine (training batches are moved to the GPU afterwards).
+
+* :func:`make_batch` - training sequences: ``Q`` queries at the end, ``labels`` = -100 except at the
+  positions whose next token is an answer token (already shifted: ``labels[t]`` is the target of position
+  ``t``).
+* :func:`make_prompts` - held-out evaluation prompts: one query at the very end (the prompt ends with
+  ``QUERY k``), the answer is the value; seeds are disjoint from training (``EVAL_SEED_BASE``).
+* :class:`Curriculum` - the length/pair schedule of train.py, as a function of training progress in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+PAD, BOS, SEP, QUERY, EOS = 0, 1, 2, 3, 4
+N_SPECIAL = 16
+IGNORE = -100
+#: evaluation prompt ``k`` of a length uses seed ``EVAL_SEED_BASE + length * 1000 + k``; training batches use seeds
+#: below 2**31 derived from ``--seed`` and the step (see train.py), so the two never meet.
+EVAL_SEED_BASE = 1 << 40
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Token id ranges. ``size`` is the model's ``vocab_size``."""
+
+    n_keys: int = 256
+    n_values: int = 256
+    n_filler: int = 496
+
+    @property
+    def key0(self) -> int:
+        return N_SPECIAL
+
+    @property
+    def value0(self) -> int:
+        return N_SPECIAL + self.n_keys
+
+    @property
+    def filler0(self) -> int:
+        return N_SPECIAL + self.n_keys + self.n_values
+
+    @property
+    def size(self) -> int:
+        return N_SPECIAL + self.n_keys + self.n_values + self.n_filler
+
+    def kind(self, token: int) -> str:
+        """``"special"``, ``"key"``, ``"value"`` or ``"filler"``."""
+        if token < N_SPECIAL:
+            return "special"
+        if token < self.value0:
+            return "key"
+        if token < self.filler0:
+            return "value"
+        return "filler"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "n_special": N_SPECIAL, "size": self.size,
+                "specials": {"PAD": PAD, "BOS": BOS, "SEP": SEP, "QUERY": QUERY, "EOS": EOS}}
+
+
+def _sequences(batch: int, length: int, n_pairs: int, n_queries: int, value_len: int, g: torch.Generator,
+               vocab: Vocab) -> dict[str, torch.Tensor]:
+    """``batch`` sequences of exactly ``length`` tokens (queries complete, answers included)."""
+    W = 2 + value_len  # SEP k v.. / QUERY k v..
+    hay = length - 1 - n_queries * W
+    if n_pairs < max(1, n_queries) or n_pairs > vocab.n_keys:
+        raise ValueError(f"n_pairs={n_pairs} (allowed: n_queries={n_queries} <= n_pairs <= n_keys={vocab.n_keys})")
+    if hay < n_pairs * W:
+        raise ValueError(f"length={length} is too short for {n_pairs} pairs and {n_queries} queries "
+                         f"(needs at least {1 + (n_pairs + n_queries) * W} tokens)")
+    B, P, Q = batch, n_pairs, n_queries
+    ids = torch.randint(vocab.filler0, vocab.size, (B, length), generator=g)
+    ids[:, 0] = BOS
+    # non-overlapping pair starts, uniform-ish over the haystack: sorted draws plus W * rank
+    u = torch.randint(0, hay - P * W + 1, (B, P), generator=g).sort(dim=1).values
+    start = 1 + u + W * torch.arange(P)
+    keys = torch.rand(B, vocab.n_keys, generator=g).argsort(dim=1)[:, :P] + vocab.key0  # distinct per sequence
+    vals = torch.randint(0, vocab.n_values, (B, P, value_len), generator=g) + vocab.value0
+    rows = torch.arange(B)[:, None]
+    ids[rows, start] = SEP
+    ids[rows, start + 1] = keys
+    for j in range(value_len):
+        ids[rows, start + 2 + j] = vals[:, :, j]
+    # queries: Q distinct pairs, in random order
+    pick = torch.rand(B, P, generator=g).argsort(dim=1)[:, :Q]
+    qstart = 1 + hay + W * torch.arange(Q)
+    labels = torch.full((B, length), IGNORE, dtype=torch.long)
+    ids[rows, qstart] = QUERY
+    ids[rows, qstart + 1] = keys.gather(1, pick)
+    qvals = vals.gather(1, pick[:, :, None].expand(B, Q, value_len))
+    for j in range(value_len):
+        ids[rows, qstart + 2 + j] = qvals[:, :, j]
+        labels[rows, qstart + 1 + j] = qvals[:, :, j]  # predicted at the previous position
+    depth = start.gather(1, pick).float() / length  # where each queried pair sits (0 = start of the context)
+    return {"input_ids": ids, "labels": labels, "pair_start": start, "keys": keys, "values": vals,
+            "query_pairs": pick, "depth": depth}
+
+
+def make_batch(batch: int, length: int, n_pairs: int, n_queries: int, seed: int, *, value_len: int = 1,
+               vocab: Vocab = Vocab()) -> dict[str, torch.Tensor]:
+    """Training batch: ``input_ids`` ``[batch, length]``, ``labels`` (``-100`` except answer targets), and
+    the ground truth (``pair_start``, ``keys``, ``values``, ``query_pairs``, ``depth``)."""
+    g = torch.Generator().manual_seed(int(seed))
+    return _sequences(batch, length, n_pairs, n_queries, value_len, g, vocab)
+
+
+def make_prompts(n: int, length: int, *, n_pairs: int = 32, value_len: int = 1, seed: int | None = None,
+                 vocab: Vocab = Vocab()) -> dict[str, torch.Tensor]:
+    """``n`` evaluation prompts of exactly ``length`` tokens ending with ``QUERY key``; ``answers`` ``[n,
+    value_len]`` is the value of that key, ``depth`` ``[n]`` the relative position of its pair.
+
+    Prompt ``i`` is drawn from its own generator, seeded ``seed + i`` (default ``seed``: ``EVAL_SEED_BASE + length *
+    1000``), so it is the same on every machine and for every ``n`` (the first 100 prompts of ``n=200`` are the
+    prompts of ``n=100``). ``n_pairs`` is capped so pairs fill at most half of the haystack.
+    """
+    seed = EVAL_SEED_BASE + length * 1000 if seed is None else seed
+    n_pairs = max(1, min(n_pairs, (length - 3 - value_len) // (2 * (2 + value_len))))
+    seqs = [_sequences(1, length + value_len, n_pairs, 1, value_len, torch.Generator().manual_seed(int(seed) + i),
+                       vocab) for i in range(n)]
+    ids = torch.cat([q["input_ids"] for q in seqs])
+    depth = torch.cat([q["depth"][:, 0] for q in seqs])
+    return {"input_ids": ids[:, :length].contiguous(), "answers": ids[:, length:].contiguous(), "depth": depth,
+            "n_pairs": torch.tensor(n_pairs), "seed": torch.tensor(seed)}
+
+
+def max_pairs(length: int, n_queries: int, value_len: int = 1, cap: int = 64) -> int:
+    """Largest pair count train.py uses at ``length``: pairs fill at most half of the haystack, at most ``cap``."""
+    W = 2 + value_len
+    hay = length - 1 - n_queries * W
+    return max(n_queries, min(cap, hay // (2 * W)))
+
+
+@dataclass
+class Stage:
+    """Lengths ``[min_len, max_len]`` (log-uniform, multiples of ``multiple``) from training progress ``start``."""
+
+    start: float
+    min_len: int
+    max_len: int
+
+
+@dataclass
+class Curriculum:
+    """Short sequences first (the induction circuit forms there, cheaply), then long ones.
+
+    Progress ``p`` in [0, 1] is ``step / steps`` (``--steps``) or ``elapsed / budget`` (``--minutes``). Each step
+    draws one length (all sequences of a batch have the same length: no padding), a pair count ``P`` in
+    ``[min_pairs, max_pairs(length)]`` (half of the steps uniform, half log-uniform, so that easy few-pair
+    sequences - where copying *a* value in context already pays - are frequent while the circuit forms),
+    ``min(n_queries, P)`` queries, and ``batch = tokens_per_step // length`` sequences.
+    """
+
+    stages: list[Stage] = field(default_factory=lambda: [Stage(0.0, 128, 1024), Stage(0.2, 512, 4096),
+                                                         Stage(0.4, 1024, 16384)])
+    tokens_per_step: int = 1 << 17
+    n_queries: int = 16
+    min_pairs: int = 1
+    max_pairs: int = 64
+    value_len: int = 1
+    multiple: int = 64
+    long_fraction: float = 0.5  # in the last stage, this share of steps uses the stage's max length exactly
+
+    def stage(self, p: float) -> int:
+        i = 0
+        for j, s in enumerate(self.stages):
+            if p >= s.start:
+                i = j
+        return i
+
+    def draw(self, p: float, g: torch.Generator) -> dict[str, int]:
+        """The shape of one step at progress ``p``: ``length``, ``batch``, ``n_pairs``, ``n_queries``, ``stage``."""
+        i = self.stage(p)
+        s = self.stages[i]
+        last = i == len(self.stages) - 1
+        if last and float(torch.rand((), generator=g)) < self.long_fraction:
+            length = s.max_len
+        else:
+            lo, hi = math.log(s.min_len), math.log(s.max_len)
+            length = math.exp(lo + (hi - lo) * float(torch.rand((), generator=g)))
+            length = max(s.min_len, min(s.max_len, int(round(length / self.multiple)) * self.multiple))
+        W = 2 + self.value_len
+        nq = max(1, min(self.n_queries, (length - 1) // (2 * W)))  # short sequences: fewer queries fit
+        hi_p = max_pairs(length, nq, self.value_len, self.max_pairs)
+        lo_p = min(self.min_pairs, hi_p)
+        if float(torch.rand((), generator=g)) < 0.5:
+            n_pairs = int(torch.randint(lo_p, hi_p + 1, (), generator=g))
+        else:
+            u = float(torch.rand((), generator=g))
+            n_pairs = int(math.floor(math.exp(math.log(lo_p) + u * (math.log(hi_p + 1) - math.log(lo_p)))))
+            n_pairs = max(lo_p, min(hi_p, n_pairs))
+        q = min(nq, n_pairs)
+        batch = max(1, self.tokens_per_step // length)
+        return {"length": length, "batch": batch, "n_pairs": n_pairs, "n_queries": q, "stage": i}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Curriculum:
+        d = dict(d)
+        d["stages"] = [Stage(**s) for s in d["stages"]]
+        return cls(**d)
+
+
+def check_sequence(ids: torch.Tensor, vocab: Vocab = Vocab(), value_len: int = 1) -> dict[int, tuple[int, ...]]:
+    """Parse one sequence's pairs (``SEP k v..``) into ``{key: value tokens}``; raises if a key repeats.
+
+    Used by the tests to check that answers are the values of the queried keys.
+    """
+    table: dict[int, tuple[int, ...]] = {}
+    t = ids.tolist()
+    for i, tok in enumerate(t):
+        if tok == SEP:
+            k = t[i + 1]
+            if k in table:
+                raise AssertionError(f"key {k} appears twice")
+            table[k] = tuple(t[i + 2: i + 2 + value_len])
+    return table
