@@ -201,6 +201,10 @@ class BlockLayout:
         Blocks strictly inside the causal/valid region are passed as full blocks, the others (diagonal,
         ragged tails) as partial blocks with a ``mask_mod`` applying bottom-right causality and the
         per-sequence lengths. Imports ``torch.nn.attention.flex_attention`` lazily.
+
+        Only compiled ``flex_attention`` honours the block tables: eager FlexAttention applies the
+        ``mask_mod`` alone (dense attention under the causal/length mask). The ``flex`` kernel stage
+        handles this by folding the layout into ``mask_mod`` when ``compile=False``.
         """
         from torch.nn.attention.flex_attention import BlockMask
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from .._checks import fmt_dtypes, fmt_ints, qk_reasons
 from . import kernel as _kernel
 
 
@@ -82,14 +83,6 @@ def _pow2_at_least(n: int, floor: int = 16) -> int:
     return max(floor, 1 << max(0, (n - 1).bit_length()))
 
 
-def _fmt_dtypes(dts) -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in dts)
-
-
-def _fmt_ints(xs) -> str:
-    return ", ".join(str(x) for x in xs)
-
-
 def not_supported_reasons(q: Tensor, k: Tensor, *, groups: int = 1, stride: int = 4, block_q: int = 128,
                           block_k: int = 128) -> list[str]:
     """Every reason the Triton kernel cannot score these inputs (empty list: supported).
@@ -97,50 +90,21 @@ def not_supported_reasons(q: Tensor, k: Tensor, *, groups: int = 1, stride: int 
     Each reason names the field, its value, the supported values and a fix.
     """
     caps = CAPABILITIES
-    reasons: list[str] = []
-    for name, t in (("q", q), ("k", k)):
-        if not isinstance(t, torch.Tensor):
-            reasons.append(f"{name} is a {type(t).__name__} (supported: torch.Tensor): pass a tensor")
-        elif t.dim() != 4:
-            reasons.append(f"{name}.dim()={t.dim()} (supported: 4, [B, H, N, D]): reshape {name} to [B, H, N, D]")
-    if reasons:
-        return reasons
+    reasons = qk_reasons(q, k, dtypes=caps.dtypes, devices=caps.devices, head_dims=caps.head_dims,
+                         interpret=_INTERPRET)
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (q, k)):
+        return reasons  # shapes cannot be read
     B, Hq, Nq, D = q.shape
-    Bk, Hkv, Nk, Dk = k.shape
-
-    if q.dtype not in caps.dtypes:
-        reasons.append(f"q.dtype={_fmt_dtypes([q.dtype])} (supported: {_fmt_dtypes(caps.dtypes)}): cast q and k "
-                       "to bfloat16/float16, or use impl='torch'")
-    if k.dtype != q.dtype:
-        reasons.append(f"k.dtype={_fmt_dtypes([k.dtype])} differs from q.dtype={_fmt_dtypes([q.dtype])} "
-                       "(supported: one dtype for q and k): cast k to q.dtype")
-    if k.device != q.device:
-        reasons.append(f"k.device={k.device} differs from q.device={q.device} (supported: one device): "
-                       f"move k to {q.device}")
-    if q.device.type == "cpu" and not _INTERPRET:
-        reasons.append("device=cpu without TRITON_INTERPRET=1 (supported: cuda): move q/k to a GPU, set "
-                       "TRITON_INTERPRET=1 before importing the kernel (tests only), or use impl='torch'")
-    elif q.device.type not in ("cuda", "cpu"):
-        reasons.append(f"device={q.device.type} (supported: {', '.join(caps.devices)}): move q/k to a GPU, or "
-                       "use impl='torch'")
-    if D not in caps.head_dims:
-        reasons.append(f"head_dim={D} (supported: {_fmt_ints(caps.head_dims)}): use impl='torch'")
-    if Dk != D:
-        reasons.append(f"k.shape[3]={Dk} differs from q.shape[3]={D} (supported: equal head dims): pass matching q/k")
-    if Bk != B:
-        reasons.append(f"k.shape[0]={Bk} differs from q.shape[0]={B} (supported: equal batch): pass matching q/k")
-    if Hkv < 1 or Hq % Hkv:
-        reasons.append(f"Hkv={Hkv} does not divide Hq={Hq} (supported: GQA groups of equal size): check the "
-                       "head counts")
+    Hkv, Nk = k.shape[1], k.shape[2]
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or (Hkv >= 1 and Hkv % groups):
         divisors = [d for d in range(1, max(Hkv, 1) + 1) if Hkv % d == 0]
-        reasons.append(f"groups={groups!r} (supported: a divisor of Hkv={Hkv}: {_fmt_ints(divisors)}): pick one "
+        reasons.append(f"groups={groups!r} (supported: a divisor of Hkv={Hkv}: {fmt_ints(divisors)}): pick one "
                        "of those")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         reasons.append(f"stride={stride!r} (supported: an integer >= 1): pass stride=4")
     for name, bs in (("block_q", block_q), ("block_k", block_k)):
         if isinstance(bs, bool) or not isinstance(bs, int) or bs not in caps.block_sizes:
-            reasons.append(f"{name}={bs!r} (supported: {_fmt_ints(caps.block_sizes)}): use a supported block "
+            reasons.append(f"{name}={bs!r} (supported: {fmt_ints(caps.block_sizes)}): use a supported block "
                            "size or impl='torch'")
     if Nq < 1 or Nk < 1:
         reasons.append(f"Nq={Nq}, Nk={Nk} (supported: >= 1 each): drop empty sequences")
