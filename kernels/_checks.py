@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 import torch
@@ -56,3 +57,11 @@ def qk_reasons(q: Tensor, k: Tensor, *, dtypes: Iterable[torch.dtype], devices: 
         reasons.append(f"Hkv={Hkv} does not divide Hq={Hq} (supported: GQA groups of equal size): check the "
                        "head counts")
     return reasons
+
+
+def interpreted(jitted: object) -> bool:
+    """True when ``jitted`` (a ``@triton.jit`` function) runs under Triton's interpreter: triton decides
+    between interpreter and compiler when the function is decorated, i.e. at import."""
+    if type(jitted).__name__ == "InterpretedFunction":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")

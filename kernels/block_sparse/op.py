@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
+from .._checks import fmt_dtypes, fmt_ints, interpreted
 from . import kernel as _kernel
 
 
 def _detect_interpreter() -> bool:
-    # triton decides interpreter vs compiler when the kernel is decorated (at import)
-    fn = _kernel._block_sparse_attn_fwd
-    if type(fn).__name__ == "InterpretedFunction":
-        return True
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return interpreted(_kernel._block_sparse_attn_fwd)
 
 
 #: True when the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 at import).
@@ -133,14 +129,6 @@ def default_config(head_dim: int, dtype: torch.dtype, block_q: int, block_k: int
     return KernelConfig(bm, bn, warps, stages)
 
 
-def _fmt_dtypes(dts) -> str:
-    return ", ".join(str(d).replace("torch.", "") for d in dts)
-
-
-def _fmt_ints(xs) -> str:
-    return ", ".join(str(x) for x in xs)
-
-
 def not_supported_reasons(
     q: Tensor,
     k: Tensor,
@@ -182,16 +170,16 @@ def not_supported_reasons(
     Bk, Hkv, Nk, Dk = k.shape
 
     # dtypes
-    supported_dt = _fmt_dtypes(caps.dtypes)
+    supported_dt = fmt_dtypes(caps.dtypes)
     if q.dtype not in caps.dtypes:
         reasons.append(
-            f"q.dtype={_fmt_dtypes([q.dtype])} (supported: {supported_dt}): cast q, k, v to bfloat16/float16 "
+            f"q.dtype={fmt_dtypes([q.dtype])} (supported: {supported_dt}): cast q, k, v to bfloat16/float16 "
             "or use kernel='torch'"
         )
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             reasons.append(
-                f"{name}.dtype={_fmt_dtypes([t.dtype])} differs from q.dtype={_fmt_dtypes([q.dtype])} "
+                f"{name}.dtype={fmt_dtypes([t.dtype])} differs from q.dtype={fmt_dtypes([q.dtype])} "
                 f"(supported: one dtype of {supported_dt} for q, k, v): cast {name} to q.dtype"
             )
 
@@ -232,7 +220,7 @@ def not_supported_reasons(
     # shapes
     if D not in caps.head_dims:
         reasons.append(
-            f"head_dim={D} (supported: {_fmt_ints(caps.head_dims)}): pad the head dim or use kernel='torch'"
+            f"head_dim={D} (supported: {fmt_ints(caps.head_dims)}): pad the head dim or use kernel='torch'"
         )
     if Dk != D:
         reasons.append(f"k head_dim={Dk} differs from q head_dim={D} (supported: equal): give k q's head dim")
@@ -259,7 +247,7 @@ def not_supported_reasons(
     for name, bs in (("block_q", block_q), ("block_k", block_k)):
         if not isinstance(bs, int) or isinstance(bs, bool) or bs not in caps.block_sizes:
             reasons.append(
-                f"{name}={bs!r} (supported: {_fmt_ints(caps.block_sizes)}): build the layout with a "
+                f"{name}={bs!r} (supported: {fmt_ints(caps.block_sizes)}): build the layout with a "
                 "supported block size or use kernel='torch'"
             )
 
@@ -268,7 +256,7 @@ def not_supported_reasons(
     for name, t, rank in (("kv_counts", kv_counts, 3), ("kv_indices", kv_indices, 4)):
         if t.dtype != caps.index_dtype:
             reasons.append(
-                f"{name}.dtype={_fmt_dtypes([t.dtype])} (supported: int32): convert with "
+                f"{name}.dtype={fmt_dtypes([t.dtype])} (supported: int32): convert with "
                 f"{name}.to(torch.int32)"
             )
         if t.dim() != rank:
@@ -294,7 +282,7 @@ def not_supported_reasons(
             continue
         if t.dtype not in caps.len_dtypes:
             reasons.append(
-                f"{name}.dtype={_fmt_dtypes([t.dtype])} (supported: {_fmt_dtypes(caps.len_dtypes)}): "
+                f"{name}.dtype={fmt_dtypes([t.dtype])} (supported: {fmt_dtypes(caps.len_dtypes)}): "
                 f"convert with {name}.to(torch.int32)"
             )
         if tuple(t.shape) != (B,):
@@ -481,7 +469,7 @@ def block_sparse_attention(
                 reasons.append(f"out.shape={tuple(out.shape)} (supported: {want}): allocate out like q")
             if out.dtype != q.dtype:
                 reasons.append(
-                    f"out.dtype={_fmt_dtypes([out.dtype])} (supported: q.dtype={_fmt_dtypes([q.dtype])}): "
+                    f"out.dtype={fmt_dtypes([out.dtype])} (supported: q.dtype={fmt_dtypes([q.dtype])}): "
                     "allocate out with q's dtype"
                 )
             if out.device != q.device:

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from .._checks import fmt_dtypes, fmt_ints, qk_reasons
+from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
 from . import kernel as _kernel
 
 
 def _detect_interpreter() -> bool:
-    # triton decides interpreter vs compiler when the kernel is decorated (at import)
-    if type(_kernel._proxy_scores_fwd).__name__ == "InterpretedFunction":
-        return True
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return interpreted(_kernel._proxy_scores_fwd)
 
 
 #: True when the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 at import).

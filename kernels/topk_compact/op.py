@@ -5,18 +5,16 @@ One launch, grid ``B * Hq * n`` programs; allocates nothing but the output (when
 
 from __future__ import annotations
 
-import os
 
 import torch
 from torch import Tensor
 
+from .._checks import interpreted
 from . import kernel as _kernel
 
 
 def _detect_interpreter() -> bool:
-    if type(_kernel._topk_compact).__name__ == "InterpretedFunction":
-        return True
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+    return interpreted(_kernel._topk_compact)
 
 
 #: True when the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 at import).
