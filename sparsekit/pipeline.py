@@ -29,6 +29,7 @@ class Plan:
     budget: Budget | None = None
     timings: dict[str, float] = attrs.field(factory=dict)
     name: str = ""
+    info: dict[str, Any] = attrs.field(factory=dict)  # filled by execution, e.g. "kernel": the kernel that ran
 
     @property
     def density(self) -> float:
@@ -37,7 +38,7 @@ class Plan:
     def summary(self) -> dict[str, Any]:
         """Plain-Python summary: density, per-head density/budget ratio, timings."""
         out: dict[str, Any] = {"name": self.name, "density": self.density, "timings_ms": dict(self.timings),
-                               "density_per_head": self.layout.density_per_head().tolist()}
+                               "density_per_head": self.layout.density_per_head().tolist(), **self.info}
         if self.budget is not None and "ratio" in self.budget.info:
             out["budget_ratio_per_head"] = self.budget.info["ratio"].tolist()
         return out
@@ -177,6 +178,7 @@ class SparseAttention:
         """Execute a plan's layout on ``v``."""
         problem = plan.problem
         kernel = self.select_kernel(problem, v, plan.layout)
+        plan.info["kernel"] = kernel.label
         with _timer(plan.timings if timed else None, "attend", problem.device):
             out = kernel.forward(problem, v, plan.layout)
         return out

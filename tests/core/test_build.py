@@ -176,3 +176,6 @@ def test_plan_reports_density_budgets_and_timings():
     assert 0 < s["density"] <= 1 and set(s["timings_ms"]) == {"estimate", "budget", "mask"}
     assert len(s["budget_ratio_per_head"][0]) == 4 and len(s["density_per_head"][0]) == 4
     assert plan.layout.kv_indices.shape[-1] == int(plan.layout.kv_counts.max())  # max_k = largest count used
+    v = torch.randn(1, 2, 256, 16, generator=g)
+    _, ran = attn(q, k, v, return_plan=True)
+    assert ran.summary()["kernel"] == "torch" and ran.info["kernel"] == "torch"
