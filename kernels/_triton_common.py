@@ -1,0 +1,39 @@
+"""``@triton.jit`` helpers shared by the planning kernels (``proxy_scores``, ``last_block_mass``)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # UPCAST_DOT: interpreter-only workaround (its tl.dot mishandles bf16); exact, since products of
+    # 16-bit floats are exact in fp32
+    if UPCAST_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE_DOT:
+        res = tl.dot(a, b, input_precision="ieee")
+    else:
+        res = tl.dot(a, b)
+    return res
+
+
+@triton.jit
+def _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # scaled scores (log2 units) of the rows against keys [start_n, start_n + BLOCK_N)
+    offs_kn = start_n + offs_n
+    if MASKED:
+        k_ok = offs_kn < Nk
+        k = tl.load(k_base + start_n * stride_kn, mask=k_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_base + start_n * stride_kn)
+    qk = _dot(q, tl.trans(k), IEEE_DOT, UPCAST_DOT) * qk_scale
+    if MASKED:
+        ok = k_ok[None, :]
+        if CAUSAL:
+            ok = ok & (offs_kn[None, :] <= q_pos[:, None])
+        qk = tl.where(ok, qk, float("-inf"))
+    return qk
