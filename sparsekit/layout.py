@@ -24,17 +24,27 @@ def block_geometry(B: int, Nq: int, Nk: int, block_q: int, block_k: int, causal:
                    q_lens: Tensor | None, k_lens: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Per (sequence, q-block), int64 ``[B, nQb]``: ``first`` and ``last`` kv-block holding the rows'
     own positions (the diagonal blocks, bottom-right aligned) and ``visible``, the number of
-    kv-blocks (a prefix ``0..visible-1``) any row of the q-block may see. Empty q-blocks see 0."""
-    ql, kl = lengths(q_lens, Nq, B, device), lengths(k_lens, Nk, B, device)
+    kv-blocks (a prefix ``0..visible-1``) any row of the q-block may see. Empty q-blocks see 0.
+
+    Absent lengths stay Python ints and the same formulas broadcast from scalars: full causal sequences take
+    9 small device ops."""
+    ql = Nq if q_lens is None else q_lens.to(device).long()[:, None]  # int or int64 [B, 1]
+    kl = Nk if k_lens is None else k_lens.to(device).long()[:, None]
     nQb = math.ceil(Nq / block_q)
-    r0 = torch.arange(nQb, device=device)[None, :] * block_q  # first row of each q-block
-    r1 = torch.minimum(r0 + block_q, ql[:, None]) - 1  # last valid row
-    offset = (kl - ql)[:, None]
-    n_k_blocks = (kl[:, None] + block_k - 1) // block_k
-    last = ((offset + r1) // block_k).clamp(max=n_k_blocks - 1)
-    first = torch.minimum(((offset + r0) // block_k).clamp_min(0), last)
-    visible = last + 1 if causal else n_k_blocks.expand_as(last)
-    visible = torch.where(r0 < ql[:, None], visible, torch.zeros_like(visible))
+    r0 = torch.arange(0, nQb * block_q, block_q, device=device).expand(B, nQb)  # first row of each q-block
+    offset = kl - ql
+    # the q-block's last valid row, min(r0 + block_q, ql) - 1, sits at key position
+    # min(r0 + block_q - 1 + offset, kl - 1): a valid key, so its block is at most ceil(kl / block_k) - 1
+    last = (r0 + (block_q - 1 + offset)).clamp_(max=kl - 1).div_(block_k, rounding_mode="floor")
+    first = torch.minimum((r0 + offset).div_(block_k, rounding_mode="floor").clamp_min_(0), last)
+    if causal:
+        visible = last + 1
+    else:
+        n_k_blocks = (kl + block_k - 1) // block_k
+        visible = (torch.full_like(last, n_k_blocks) if isinstance(n_k_blocks, int)
+                   else n_k_blocks.expand_as(last).contiguous())
+    if q_lens is not None:  # q-blocks past a sequence's end are empty (full sequences have none)
+        visible = torch.where(r0 < ql, visible, 0)
     return first, last, visible
 
 

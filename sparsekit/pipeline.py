@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import attrs
 import torch
@@ -44,11 +44,13 @@ class Plan:
         return out
 
 
+def _timer(timings: dict[str, float] | None, key: str, device: torch.device) -> ContextManager[None]:
+    """Adds the block's milliseconds to ``timings[key]`` (synchronising CUDA); nothing when ``timings`` is None."""
+    return nullcontext() if timings is None else _timed(timings, key, device)
+
+
 @contextmanager
-def _timer(timings: dict[str, float] | None, key: str, device: torch.device) -> Iterator[None]:
-    if timings is None:
-        yield
-        return
+def _timed(timings: dict[str, float], key: str, device: torch.device) -> Iterator[None]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -84,12 +86,19 @@ class SparseAttention:
         self.kernels = kernels or []  # candidates for kernel="auto", highest priority first
         self.block_q, self.block_k = block_q, block_k
         self.check_finite, self.validate = check_finite, validate
+        self._name_cache: tuple[tuple[Any, ...], str] = ((), "")
 
     # identity --------------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        parts = [s.label for s in (self.estimator, self.budgeter, self.mask) if s is not None]
-        return "+".join(parts + [self.kernel.label if self.kernel is not None else "auto"])
+        # every plan carries the name: formatted once per set of stages (stages are frozen; ``is`` spots a swap)
+        stages = (self.estimator, self.budgeter, self.mask, self.kernel)
+        cached, name = self._name_cache
+        if len(cached) != 4 or any(a is not b for a, b in zip(cached, stages)):
+            parts = [s.label for s in stages[:3] if s is not None]
+            name = "+".join(parts + [self.kernel.label if self.kernel is not None else "auto"])
+            self._name_cache = (stages, name)
+        return name
 
     def __repr__(self) -> str:
         return f"<SparseAttention {self.name} blocks={self.block_q}x{self.block_k}>"

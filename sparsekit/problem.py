@@ -22,20 +22,22 @@ def _check_block(name: str, value: object) -> int:
     return value
 
 
-def _check_lens(name: str, lens: Tensor | None, batch: int, limit: int, device: torch.device) -> Tensor | None:
+def _check_lens(name: str, lens: Tensor | None, batch: int, limit: int,
+                device: torch.device) -> tuple[Tensor | None, list[int] | None]:
+    """The lengths as int32 ``[batch]`` on ``device`` and as a list (one host read: a sync for CUDA lengths)."""
     if lens is None:
-        return None
+        return None, None
     if not isinstance(lens, Tensor):
         lens = torch.as_tensor(lens)
     if lens.dtype.is_floating_point or lens.dtype == torch.bool or lens.dim() != 1 or lens.shape[0] != batch:
         raise invalid(name, f"tensor(shape={tuple(lens.shape)}, dtype={lens.dtype})",
                       f"an integer tensor of shape [{batch}] (one length per sequence)",
                       f"pass {name}=torch.tensor([...], dtype=torch.int32) with B entries")
-    lo, hi = int(lens.min()), int(lens.max())
-    if lo < 1 or hi > limit:
-        raise invalid(name, lens.tolist(), f"lengths in [1, {limit}] (empty sequences are not allowed)",
+    values = lens.tolist()
+    if min(values) < 1 or max(values) > limit:
+        raise invalid(name, values, f"lengths in [1, {limit}] (empty sequences are not allowed)",
                       f"drop empty sequences from the batch and keep every length <= the padded size {limit}")
-    return lens.to(device=device, dtype=torch.int32)
+    return lens.to(device=device, dtype=torch.int32), values
 
 
 @attrs.frozen(eq=False)
@@ -64,11 +66,11 @@ class AttentionProblem:
         validate_qkv(q, k, v)
         block_q, block_k = _check_block("block_q", block_q), _check_block("block_k", block_k)
         B, Nq, Nk = q.shape[0], q.shape[2], k.shape[2]
-        q_lens = _check_lens("q_lens", q_lens, B, Nq, q.device)
-        k_lens = _check_lens("k_lens", k_lens, B, Nk, q.device)
+        q_lens, ql = _check_lens("q_lens", q_lens, B, Nq, q.device)
+        k_lens, kl = _check_lens("k_lens", k_lens, B, Nk, q.device)
         if causal:
-            ql = q_lens.tolist() if q_lens is not None else [Nq] * B
-            kl = k_lens.tolist() if k_lens is not None else [Nk] * B
+            ql = ql if ql is not None else [Nq] * B
+            kl = kl if kl is not None else [Nk] * B
             bad = [b for b in range(B) if ql[b] > kl[b]]
             if bad:
                 b = bad[0]
@@ -145,7 +147,12 @@ class AttentionProblem:
     # block geometry --------------------------------------------------------------------------
     def block_bounds(self) -> tuple[Tensor, Tensor, Tensor]:
         """``first``/``last`` diagonal kv-block and ``visible`` kv-blocks per (sequence, q-block), int64 ``[B, nQb]``
-        (see :func:`sparsekit.layout.block_geometry`)."""
+        (see :func:`sparsekit.layout.block_geometry`). Computed once per problem (budget and mask both read
+        them): the tensors are shared, so do not modify them in place."""
+        return self._block_bounds
+
+    @cached_property
+    def _block_bounds(self) -> tuple[Tensor, Tensor, Tensor]:
         return block_geometry(self.B, self.Nq, self.Nk, self.block_q, self.block_k, self.causal,
                               self.q_lens, self.k_lens, self.device)
 

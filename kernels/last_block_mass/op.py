@@ -151,14 +151,17 @@ def last_block_mass(
     causal: bool = True,
     scale: float | None = None,
     config: KernelConfig | Mapping[str, Any] | None = None,
+    checked: bool = False,
 ) -> Tensor:
     """Per-head last-block attention mass per kv-block with the Triton kernels (same contract as
     ``last_block_mass_naive``). Returns float32 ``[B, Hq, nKb]``.
 
     ``config``: optional override (``KernelConfig`` or a dict of ``block_n``, ``num_warps``, ``num_stages``,
     ``split_blocks``) for tuning; default from ``default_config`` and ``split_blocks_for``.
+    ``checked=True``: the caller already ran ``not_supported_reasons`` on these inputs and got no reason, so
+    they are not checked twice (saves host time per call); ``scale`` is still checked.
     """
-    reasons = not_supported_reasons(q, k, block_q=block_q, block_k=block_k)
+    reasons = [] if checked else not_supported_reasons(q, k, block_q=block_q, block_k=block_k)
     if scale is None and not reasons:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if scale is not None:

@@ -160,14 +160,18 @@ def proxy_scores(
     causal: bool = True,
     scale: float | None = None,
     config: KernelConfig | Mapping[str, Any] | None = None,
+    checked: bool = False,
 ) -> Tensor:
     """Proxy block scores with the Triton kernel (same contract as ``proxy_scores_naive``).
 
     ``config``: optional tiling override (``KernelConfig`` or a dict of ``block_n``, ``num_warps``,
     ``num_stages``) for tuning; default from ``default_config``.
+    ``checked=True``: the caller already ran ``not_supported_reasons`` on these inputs and got no reason, so
+    they are not checked twice (saves host time per call); ``scale`` is still checked.
     Returns float32 ``[B, groups, nQb, nKb]``.
     """
-    reasons = not_supported_reasons(q, k, groups=groups, stride=stride, block_q=block_q, block_k=block_k)
+    reasons = [] if checked else not_supported_reasons(q, k, groups=groups, stride=stride, block_q=block_q,
+                                                       block_k=block_k)
     if scale is None and not reasons:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if scale is not None:

@@ -40,5 +40,5 @@ def _topk_compact(ASC, RANK, COUNT, OUT, K, n, HPG,
         k32 = keep.to(tl.int32)
         cs = tl.cumsum(k32, 0) + kept_before  # kept up to and including m
         slot = tl.where(keep, cs - 1, c + m - cs)
-        tl.store(dst + slot, tl.where(keep, a, 0), mask=valid)
+        tl.store(dst + slot, tl.where(keep, a, 0).to(tl.int32), mask=valid)  # a: int32 or int64
         kept_before += tl.sum(k32, 0)

@@ -2,9 +2,9 @@
 
 Contract (shared by ``op.py``'s Triton launcher):
 
-* ``asc`` int32 ``[B, G, n, K]``: per score group and q-block row, ``K`` distinct candidate kv-blocks in
-  ascending order; ``rank`` int32 ``[B, G, n, K]``: each candidate's rank in the group's order, a
-  permutation of ``0..K-1`` per row.
+* ``asc`` int32 or int64 ``[B, G, n, K]``: per score group and q-block row, ``K`` distinct candidate kv-blocks
+  in ascending order; ``rank`` int32 or int64 ``[B, G, n, K]``: each candidate's rank in the group's order, a
+  permutation of ``0..K-1`` per row (int64 as ``sort`` returns them: no casts needed).
 * ``count`` ``[B, Hq, n]`` (any integer dtype), ``0 <= count <= K``, ``Hq % G == 0``; head ``h`` reads group
   ``h // (Hq // G)``.
 * Output int32 ``[B, Hq, n, K]``: row ``(b, h, i)`` holds, in ascending order, the candidates of its group
@@ -36,6 +36,6 @@ def topk_compact_naive(asc: Tensor, rank: Tensor, count: Tensor, out: Tensor | N
     pad = torch.sub(m, cs).add_(c)  # dropped candidate: count + dropped ones before it
     slot = torch.where(keep, cs.sub_(1), pad).long()  # kept candidate: kept ones before it
     del cs, pad
-    vals = torch.where(keep, asc[:, :, None], 0)
+    vals = torch.where(keep, asc.to(torch.int32)[:, :, None], 0)
     out.view(B, G, hpg, n, K).scatter_(-1, slot, vals)
     return out

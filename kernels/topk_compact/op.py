@@ -1,6 +1,7 @@
 """Launcher of the Triton top-k compaction kernel (contract: ``naive.py``'s docstring).
 
 One launch, grid ``B * Hq * n`` programs; allocates nothing but the output (when ``out`` is not given).
+``asc``/``rank`` may be int64 (as ``sort`` returns them): the kernel reads either and stores int32.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ def topk_compact(asc: Tensor, rank: Tensor, count: Tensor, out: Tensor | None = 
     B, G, n, K = asc.shape
     Hq = count.shape[1]
     reasons = not_supported_reasons(asc)
-    if (asc.dtype != torch.int32 or rank.dtype != torch.int32 or rank.shape != asc.shape or Hq % G
+    ints = (torch.int32, torch.int64)
+    if (asc.dtype not in ints or rank.dtype not in ints or rank.shape != asc.shape or Hq % G
             or tuple(count.shape) != (B, Hq, n)):
         reasons.append(f"asc {asc.dtype} {tuple(asc.shape)}, rank {rank.dtype} {tuple(rank.shape)}, count "
-                       f"{tuple(count.shape)} (allowed: int32 [B, G, n, K] twice and [B, Hq, n] with G | Hq)")
+                       f"{tuple(count.shape)} (allowed: int32 or int64 [B, G, n, K] twice and [B, Hq, n] with "
+                       "G | Hq)")
     if reasons:
         raise ValueError("topk_compact: " + "; ".join(reasons))
     if out is None:

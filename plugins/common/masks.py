@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-
+from functools import lru_cache
 from typing import ClassVar
 
 import attrs
@@ -23,24 +23,18 @@ def _impl_choice(inst: object, attr: attrs.Attribute, value: object) -> None:
         raise invalid(attr.name, value, f"one of {', '.join(map(repr, IMPLS))}", "pass impl='auto'", ConfigError)
 
 
-def _forced_rows(first: Tensor, last: Tensor, visible: Tensor, j: Tensor, sink: bool,
-                 diagonal: bool) -> tuple[Tensor, Tensor]:
-    """(forced, visible) bool ``[B, n, nKb]`` for the q-block rows of ``first``/``last``/``visible`` ``[B, n]``."""
+def forced_blocks(problem: AttentionProblem, sink: bool, diagonal: bool) -> torch.Tensor:
+    """Bool ``[B, nQb, nKb]``: blocks always kept — the sink block 0 and the diagonal blocks (those
+    holding the q-block's own positions: one when blocks align, two when chunked prefill offsets them)."""
+    first, last, visible = problem.block_bounds()
+    j = torch.arange(problem.nKb, device=problem.device)
     vis = j < visible[:, :, None]
     forced = torch.zeros_like(vis)
     if diagonal:
         forced = (j >= first[:, :, None]) & (j <= last[:, :, None])
     if sink:
         forced = forced | (j == 0)
-    return forced & vis, vis
-
-
-def forced_blocks(problem: AttentionProblem, sink: bool, diagonal: bool) -> torch.Tensor:
-    """Bool ``[B, nQb, nKb]``: blocks always kept — the sink block 0 and the diagonal blocks (those
-    holding the q-block's own positions: one when blocks align, two when chunked prefill offsets them)."""
-    first, last, visible = problem.block_bounds()
-    j = torch.arange(problem.nKb, device=problem.device)
-    return _forced_rows(first, last, visible, j, sink, diagonal)[0]
+    return forced & vis
 
 
 def forced_count(first: Tensor, last: Tensor, visible: Tensor, sink: bool, diagonal: bool) -> Tensor:
@@ -48,15 +42,14 @@ def forced_count(first: Tensor, last: Tensor, visible: Tensor, sink: bool, diago
 
     The diagonal blocks ``[first, last]`` (``first <= last``; both negative when a non-causal q-block's rows
     lie before the keys) clipped to the visible prefix, plus the sink block 0 when the q-block sees anything
-    and the diagonal does not already hold block 0."""
-    n = torch.zeros_like(visible)
-    if diagonal:
-        n = (torch.minimum(last, visible - 1) - first.clamp_min(0) + 1).clamp_min(0)
+    and the diagonal does not already hold block 0. Never more than ``visible``."""
+    if not diagonal:
+        return (visible > 0).long() if sink else torch.zeros_like(visible)
+    lo = first.clamp_min(0)
+    n = (torch.minimum(last + 1, visible) - lo).clamp_min_(0)  # blocks max(first, 0) .. min(last, visible - 1)
     if sink:
-        sink_extra = visible > 0
-        if diagonal:
-            sink_extra = sink_extra & ((first > 0) | (last < 0))
-        n = n + sink_extra
+        # block 0 lies outside [first, last] iff max(first, 0) > min(last, 0) (first > 0 or last < 0)
+        n = n + ((visible > 0) & (lo > last.clamp_max(0)))
     return n
 
 
@@ -67,13 +60,19 @@ def topk_rows_per_chunk(B: int, Hq: int, G: int, nKb: int, max_k: int, score_byt
 
     * bounds: ``~6 * B*nKb`` (visible / forced bool masks and their comparisons);
     * group sort: ``(3*s + 16) * B*G*nKb`` (float key of ``s`` bytes, sorted values, int64 order, workspace);
-    * group candidates: ``32 * B*G*max_k`` (int64 order prefix, sorted block ids and ranks; their int32 copies);
+    * group candidates: ``32 * B*G*max_k`` (int64 order prefix, sorted block ids and ranks; the torch compaction's
+      int32 copy of the ids);
     * per head: ``head_bytes * B*Hq*max_k``: 21 for the torch compaction (bool flags, int32 cumsum and padding
       slots, int64 scatter index, int32 values), 0 for the Triton kernel (it writes the layout directly).
     """
     per_row = (6 * B * nKb + (3 * score_bytes + 16) * B * G * nKb + 32 * B * G * max_k
                + head_bytes * B * Hq * max_k)
     return max(1, (chunk_mb << 20) // max(per_row, 1))
+
+
+@lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 @attrs.frozen
@@ -88,7 +87,8 @@ class TopKMask(MaskBuilder):
     the per-head compaction runs as one Triton kernel (``sparsekit.kernels.topk_compact``; ``"auto"`` picks it
     on CUDA) or as plain torch (``"torch"``, the kernel's reference twin; ``"auto"`` elsewhere).
 
-    One host synchronisation: ``max_k = count.max()`` sizes the layout.
+    One host synchronisation: ``max_k = count.max()`` sizes the layout (it depends on the budget's data). The
+    group sort is queued before it when it fits in one chunk at any ``max_k``.
     """
 
     name: ClassVar[str] = "topk"
@@ -107,11 +107,21 @@ class TopKMask(MaskBuilder):
         G = scores.groups
         dev = problem.device
         first, last, visible = problem.block_bounds()  # [B, nQb]
+        j = torch.arange(nKb, device=dev)
 
-        count = torch.minimum(budget.value.long(), visible[:, None, :])
-        count = torch.maximum(count, forced_count(first, last, visible, self.sink, self.diagonal)[:, None, :])
-        max_k = int(count.max()) if count.numel() else 0  # the one host sync: max_k sizes the layout
-        counts32 = count.to(torch.int32)
+        # the layout's counts: the budget clamped to [forced, visible] (forced <= visible), written as int32
+        forced = forced_count(first, last, visible, self.sink, self.diagonal)
+        counts32 = torch.clamp(budget.value, forced[:, None, :], visible[:, None, :],
+                               out=torch.empty(B, Hq, nQb, dtype=torch.int32, device=dev))
+        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda" and _triton_installed())
+        head_bytes = 0 if use_triton else 21
+        s_bytes = scores.scores.element_size()
+        # The group sort does not depend on max_k: when one chunk holds every row even at max_k = nKb (the most
+        # it can be), it is queued before the host sync, so that on CUDA it overlaps the wait for max_k.
+        whole = topk_rows_per_chunk(B, Hq, G, nKb, nKb, s_bytes, self.chunk_mb, head_bytes) >= nQb
+        order = self._group_order(scores.scores, first, last, visible, j) if whole else None
+
+        max_k = int(counts32.max()) if counts32.numel() else 0  # the one host sync: max_k sizes the layout
         if max_k == 0:
             empty = torch.zeros(B, Hq, nQb, 0, dtype=torch.int32, device=dev)
             return BlockLayout.for_problem(problem, counts32, empty)
@@ -123,27 +133,30 @@ class TopKMask(MaskBuilder):
         # kept blocks in ascending order. Non-kept candidates are scattered, as 0, to the padding slots
         # count[h].. max_k-1 in order, so every slot is written exactly once (a permutation, no memset).
         out = torch.empty(B, Hq, nQb, max_k, dtype=torch.int32, device=dev)
-        j = torch.arange(nKb, device=dev)
-        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda"
-                                               and importlib.util.find_spec("triton") is not None)
         if use_triton:
             from sparsekit.kernels.topk_compact import topk_compact
         else:
             topk_compact = topk_compact_naive
-        step = topk_rows_per_chunk(B, Hq, G, nKb, max_k, scores.scores.element_size(), self.chunk_mb,
-                                   0 if use_triton else 21)
+        step = nQb if whole else topk_rows_per_chunk(B, Hq, G, nKb, max_k, s_bytes, self.chunk_mb, head_bytes)
         for i0 in range(0, nQb, step):
             i1 = min(i0 + step, nQb)
-            forced, vis = _forced_rows(first[:, i0:i1], last[:, i0:i1], visible[:, i0:i1], j, self.sink,
-                                       self.diagonal)  # [B, n, nKb]
-            # one stable sort per score group: forced blocks first, invisible last, ties to the lower index
-            key = torch.nan_to_num(scores.scores[:, :, i0:i1], nan=float("-inf"))
-            key = key.masked_fill_(~vis[:, None], float("-inf")).masked_fill_(forced[:, None], float("inf"))
-            del forced, vis
-            order = torch.sort(key, dim=-1, descending=True, stable=True).indices[..., :max_k]  # [B, G, n, max_k]
-            del key
-            asc, rank = order.sort(-1)  # candidates by block index, and their rank in the group order
-            del order
-            topk_compact(asc.to(torch.int32), rank.to(torch.int32), counts32[:, :, i0:i1], out=out[:, :, i0:i1])
+            if not whole:
+                order = self._group_order(scores.scores[:, :, i0:i1], first[:, i0:i1], last[:, i0:i1],
+                                          visible[:, i0:i1], j)
+            asc, rank = order[..., :max_k].sort(-1)  # candidates by block index, and their rank in the group order
+            order = None
+            topk_compact(asc, rank, counts32[:, :, i0:i1], out=out[:, :, i0:i1])  # int64 asc/rank: no casts
             del asc, rank
         return BlockLayout.for_problem(problem, counts32, out)
+
+    def _group_order(self, scores: Tensor, first: Tensor, last: Tensor, visible: Tensor, j: Tensor) -> Tensor:
+        """int64 ``[B, G, n, nKb]``: one stable descending sort per score group of the q-block rows of ``scores``
+        ``[B, G, n, nKb]``: forced blocks first, invisible blocks last, NaN scores as ``-inf``, ties to the lower
+        block index."""
+        key = torch.nan_to_num(scores, nan=float("-inf"))
+        if self.diagonal:
+            key.masked_fill_(((j >= first[:, :, None]) & (j <= last[:, :, None]))[:, None], float("inf"))
+        if self.sink:
+            key.select(-1, 0).fill_(float("inf"))
+        key.masked_fill_((j >= visible[:, :, None])[:, None], float("-inf"))  # last: invisible beats forced
+        return torch.sort(key, dim=-1, descending=True, stable=True).indices

@@ -23,10 +23,10 @@ def last_block_mass(problem: AttentionProblem, step_mb: int = 256, impl: str = "
     kernels (no loop, nothing token-level stored); ``"auto"``: Triton on CUDA when it can run the problem.
     """
     kw = dict(block_q=problem.block_q, block_k=problem.block_k, causal=problem.causal, scale=problem.softmax_scale)
-    if choose_impl(impl, problem, f"dynamic(impl={impl!r})", lambda: _kernel_reasons(problem)) == "triton":
+    if choose_impl(impl, problem, lambda: f"dynamic(impl={impl!r})", lambda: _kernel_reasons(problem)) == "triton":
         from sparsekit.kernels.last_block_mass import op
 
-        return op.last_block_mass(problem.q, problem.k, **kw)
+        return op.last_block_mass(problem.q, problem.k, checked=True, **kw)
     return last_block_mass_naive(problem.q, problem.k, step_mb=step_mb, **kw)
 
 
@@ -67,12 +67,14 @@ class DynamicBudget(Budgeter):
         else:
             mass = last_block_mass(problem, self.step_mb, self.impl)  # [B, Hq, nKb]
             csum = mass.sort(-1, descending=True).values.cumsum(-1)
-            count = (csum < self.gamma).sum(-1) + 1  # smallest count reaching gamma
-            count = torch.minimum(count, n_last)
-        ratio = count.double() / n_last.double()  # [B, Hq]
-        # ceil(r_h * visible_i) in exact integer arithmetic
-        per_block = (count[:, :, None] * visible[:, None, :] + n_last[:, :, None] - 1) // n_last[:, :, None]
+            count = torch.minimum((csum < self.gamma).sum(-1) + 1, n_last)  # smallest count reaching gamma
+        # Results written straight into float32 / int32 outputs (``out=``): no cast ops. The float32 quotient of
+        # two integers below 2**24 is the float64 one rounded to float32 (both divisions round correctly).
+        ratio = torch.div(count, n_last, out=count.new_empty(count.shape, dtype=torch.float32))  # [B, Hq]
+        # ceil(r_h * visible_i) in exact integer arithmetic, then clamped to [min_blocks, visible_i]
+        n = n_last[:, :, None]
+        per_block = (count[:, :, None] * visible[:, None, :] + (n - 1)).div_(n, rounding_mode="floor")
         min_blocks = -(-self.min_budget // problem.block_k)
-        per_block = torch.minimum(per_block.clamp_min(min_blocks), visible[:, None, :].expand_as(per_block))
-        return Budget("count", per_block.to(torch.int32).contiguous(),
-                      {"ratio": ratio.float(), "count_last": count.to(torch.int32)})
+        per_block = torch.minimum(per_block.clamp_min_(min_blocks), visible[:, None, :],
+                                  out=torch.empty_like(per_block, dtype=torch.int32))
+        return Budget("count", per_block, {"ratio": ratio, "count_last": count.to(torch.int32)})

@@ -35,14 +35,16 @@ def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def choose_impl(impl: str, problem: AttentionProblem, stage: str,
+def choose_impl(impl: str, problem: AttentionProblem, stage: str | Callable[[], str],
                 reasons: Callable[[], list[str]]) -> str:
     """``"torch"`` or ``"triton"`` for this problem.
 
     ``auto``: Triton for CUDA tensors when triton is installed and the kernel supports the problem, torch
     otherwise (CPU always gets torch: the interpreter is for tests). ``triton``: Triton or an
     :class:`UnsupportedError` listing every reason. ``reasons`` imports the kernel's op lazily (triton reads
-    ``TRITON_INTERPRET`` when the kernel module is first imported).
+    ``TRITON_INTERPRET`` when the kernel module is first imported). ``stage`` (or a callable returning it, e.g.
+    a stage's ``label``, only formatted for the error) names the caller in the error. On ``"triton"`` the
+    inputs passed ``reasons()``: callers may launch the op with ``checked=True``.
     """
     if impl == "torch":
         return "torch"
@@ -53,6 +55,7 @@ def choose_impl(impl: str, problem: AttentionProblem, stage: str,
     why = (["triton is not installed (required by impl='triton'): pip install triton"]
            if not _triton_installed() else reasons())
     if why:
+        stage = stage if isinstance(stage, str) else stage()
         raise UnsupportedError(f"{stage}: impl='triton' cannot run {problem.describe()}:\n  - " + "\n  - ".join(why)
                                + f"\nFix: build with {stage.split('(')[0]}(impl='torch') or impl='auto'")
     return "triton"
@@ -90,10 +93,10 @@ class ProxyEstimator(Estimator):
                              f"Fix: build with estimator='proxy(g={max(d for d in divisors if d <= G)})'")
         kw = dict(groups=G, stride=self.stride, block_q=problem.block_q, block_k=problem.block_k,
                   causal=problem.causal, scale=problem.softmax_scale)
-        if choose_impl(self.impl, problem, self.label, lambda: self._kernel_reasons(problem)) == "triton":
+        if choose_impl(self.impl, problem, lambda: self.label, lambda: self._kernel_reasons(problem)) == "triton":
             from sparsekit.kernels.proxy_scores import op
 
-            out = op.proxy_scores(problem.q, problem.k, **kw)  # [B, G, nQb, nKb], invisible blocks -inf
+            out = op.proxy_scores(problem.q, problem.k, checked=True, **kw)  # [B, G, nQb, nKb], invisible -inf
         else:
             out = proxy_scores_naive(problem.q, problem.k, step_mb=self.step_mb, **kw)
         if problem.is_varlen:  # the pipeline trims sequences for this stage; direct callers get padding -inf

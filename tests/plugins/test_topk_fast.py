@@ -229,16 +229,18 @@ def test_topk_tuning_options():
 
 @pytest.mark.parametrize("K,block", [(1, 1024), (5, 16), (37, 16), (300, 64), (1100, 1024)])
 @pytest.mark.parametrize("G,Hq", [(1, 4), (2, 4), (3, 3)])
-def test_compact_kernel_equals_naive(K, block, G, Hq):
+@pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
+def test_compact_kernel_equals_naive(K, block, G, Hq, idx_dtype):
     """``topk_compact`` (Triton, several tiles per row when K > block) equals its torch twin on random
-    permutations and counts 0..K, into a strided slice of a larger output."""
+    permutations and counts 0..K, into a strided slice of a larger output; int32 or int64 candidates (``sort``
+    returns int64, which the mask passes as is)."""
     from sparsekit.kernels.topk_compact import topk_compact, topk_compact_naive
 
     gen = torch.Generator().manual_seed(K * 7 + G)
     B, n, nKb = 2, 3, K + 9
     asc = torch.stack([torch.randperm(nKb, generator=gen)[:K].sort().values for _ in range(B * G * n)])
     rank = torch.stack([torch.randperm(K, generator=gen) for _ in range(B * G * n)])
-    asc, rank = asc.view(B, G, n, K).int(), rank.view(B, G, n, K).int()
+    asc, rank = asc.view(B, G, n, K).to(idx_dtype), rank.view(B, G, n, K).to(idx_dtype)
     count = torch.randint(0, K + 1, (B, Hq, n), generator=gen, dtype=torch.int32)
     want = topk_compact_naive(asc, rank, count)
     for r in range(want.shape[0] * Hq * n):  # the contract, row by row
