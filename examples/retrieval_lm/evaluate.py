@@ -324,12 +324,13 @@ def _keep_sets(mass: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, idx, keep_sorted)
 
 
-def analyse_heads(cap: Capture, prompts: dict[str, torch.Tensor], n_kv: int, value_len: int) -> dict[str, Any]:
+def analyse_heads(cap: Capture, prompts: dict[str, torch.Tensor], n_kv: int, value_len: int,
+                  echo: bool = False) -> dict[str, Any]:
     """Per layer: similarity of the heads of each KV group (and across groups), per-head oracle densities and
     answer-row masses. Q-block 0 (one visible block) is left out of the similarity averages."""
     ids = prompts["input_ids"]
     B, N = ids.shape
-    W = 2 + value_len
+    W = 2 + value_len + int(echo)
     # the needle pair of each prompt: the SEP ... v tokens of the queried key
     qkey = ids[:, -1]
     needle = []
@@ -399,7 +400,7 @@ def _mean(xs) -> float | None:
 
 
 def run_analysis(model, prompts: dict[str, torch.Tensor], device: torch.device, block: int,
-                 value_len: int) -> dict[str, Any]:
+                 value_len: int, echo: bool = False) -> dict[str, Any]:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -424,7 +425,7 @@ def run_analysis(model, prompts: dict[str, torch.Tensor], device: torch.device, 
     cap = Capture(block, block)
     cap.mass = {k: torch.cat(v) for k, v in masses.items()}
     cap.last_row = {k: torch.cat(v) for k, v in rows.items()}
-    return analyse_heads(cap, prompts, model.config.num_key_value_heads, value_len)
+    return analyse_heads(cap, prompts, model.config.num_key_value_heads, value_len, echo)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -481,6 +482,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dtype = getattr(torch, args.dtype)
     meta = model_meta(args.model)
     value_len = int(meta.get("value_len", 1))
+    # the task format the model was trained on
+    fmt = D.prompt_format(meta)
+    fmt_json = {k: (v.to_dict() if k == "vocab" else v) for k, v in fmt.items()}
+    echo = fmt["echo"]
     model = load_model(args.model, device, dtype)
     grid = {"full": GRID_FULL, "tiny": GRID_TINY, "defaults": GRID_FULL[:6]}[args.grid]
     if args.only:
@@ -494,7 +499,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "safetensors_bytes": sum(f.stat().st_size for f in sf), "config": model.config.to_dict(),
                   "training": meta},
         "settings": {"lengths": args.lengths, "sparse_lengths": args.sparse_lengths, "prompts": args.prompts,
-                     "sparse_prompts": args.sparse_prompts, "n_pairs": args.n_pairs, "value_len": value_len,
+                     "sparse_prompts": args.sparse_prompts, "n_pairs": args.n_pairs, "value_len": value_len, **fmt_json,
                      "grid": args.grid, "block": args.block, "kernel": args.kernel, "batch_tokens": args.batch_tokens,
                      "prompt_seed": f"data.make_prompts: prompt i of a length is seeded EVAL_SEED_BASE + length * 1000 "
                                     f"+ i, EVAL_SEED_BASE = {D.EVAL_SEED_BASE}", "max_minutes": args.max_minutes},
@@ -526,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def get_prompts(L: int, n: int) -> dict[str, torch.Tensor]:
         if (L, n) not in prompts:
-            prompts[(L, n)] = D.make_prompts(n, L, n_pairs=args.n_pairs, value_len=value_len)
+            prompts[(L, n)] = D.make_prompts(n, L, n_pairs=args.n_pairs, value_len=value_len, **fmt)
         return prompts[(L, n)]
 
     # 1. dense
@@ -551,9 +556,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         t0 = time.perf_counter()
         try:
-            ap = D.make_prompts(args.analysis_prompts, args.analysis_length, n_pairs=args.n_pairs, value_len=value_len,
+            ap = D.make_prompts(args.analysis_prompts, args.analysis_length, n_pairs=args.n_pairs, value_len=value_len, **fmt,
                                 seed=D.EVAL_SEED_BASE + args.analysis_length * 1000 + 500)
-            res["analysis"] = run_analysis(model, ap, device, block, value_len)
+            res["analysis"] = run_analysis(model, ap, device, block, value_len, echo)
             res["analysis"]["seconds"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - record and go on with the strategies
             res["analysis"] = {"error": f"{type(exc).__name__}: {exc}"}

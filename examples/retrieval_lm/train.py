@@ -97,6 +97,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="curriculum 'start:min:max,...' e.g. '0:128:1024,0.2:512:4096,0.4:1024:16384'")
     p.add_argument("--n-queries", type=int, default=16)
     p.add_argument("--value-len", type=int, default=1)
+    p.add_argument("--n-keys", type=int, default=256, help="key ids in the vocabulary")
+    p.add_argument("--n-values", type=int, default=256, help="value ids in the vocabulary")
+    p.add_argument("--n-filler", type=int, default=496, help="filler ids in the vocabulary")
+    p.add_argument("--phrases", type=int, default=16,
+                   help="filler drawn from a pool of this many random phrases per sequence, with a next-token loss on "
+                        "it (dense training of induction heads; data.make_batch); 0: i.i.d. filler, answers only")
+    p.add_argument("--phrase-len", type=int, default=8)
+    p.add_argument("--filler-weight", type=float, default=1.0, help="weight of the filler next-token loss")
+    p.add_argument("--echo", action=argparse.BooleanOptionalAction, default=False,
+                   help="pairs written SEP k v k with the echoed key supervised (trains previous-token heads; "
+                        "data.make_batch); --no-echo: SEP k v")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (less memory, ~30%% slower)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes; experimental)")
     p.add_argument("--ckpt-minutes", type=float, default=1.5, help="checkpoint (and model/) every this many minutes")
@@ -131,7 +142,8 @@ def make_curriculum(args: argparse.Namespace) -> D.Curriculum:
         stages = [D.Stage(0.0, 128, min(1024, top)), D.Stage(0.2, 512, min(4096, top)),
                   D.Stage(0.4, min(1024, top), top)]
     tps = args.tokens_per_step or (2048 if args.tiny else 1 << 17)
-    return D.Curriculum(stages=stages, tokens_per_step=tps, n_queries=args.n_queries, value_len=args.value_len)
+    return D.Curriculum(stages=stages, tokens_per_step=tps, n_queries=args.n_queries, value_len=args.value_len,
+                        echo=args.echo, phrases=args.phrases, phrase_len=args.phrase_len)
 
 
 def lr_at(p: float, args: argparse.Namespace) -> float:
@@ -141,17 +153,28 @@ def lr_at(p: float, args: argparse.Namespace) -> float:
     return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * q)))
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor], device: torch.device, amp: bool):
-    """Cross-entropy and accuracy of the answer tokens; the LM head runs on answer positions only."""
+def answer_loss(model, batch: dict[str, torch.Tensor], device: torch.device, amp: bool, filler_weight: float = 1.0):
+    """Cross-entropy and accuracy of the answer tokens, plus ``filler_weight`` x the next-token cross-entropy on
+    the filler (``batch["filler_labels"]``, where it has targets); the LM head runs on target positions only."""
     labels = batch["labels"]
     flat = (labels.reshape(-1) != D.IGNORE).nonzero().squeeze(1)  # on the CPU: no device sync
     target = labels.reshape(-1)[flat].to(device, non_blocking=True)
+    fl = batch.get("filler_labels")
+    fflat = (fl.reshape(-1) != D.IGNORE).nonzero().squeeze(1) if fl is not None and filler_weight > 0 else None
+    if fflat is not None and fflat.numel() == 0:
+        fflat = None
     flat = flat.to(device, non_blocking=True)
     ids = batch["input_ids"].to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         h = model.model(input_ids=ids, use_cache=False).last_hidden_state
-        logits = model.lm_head(h.reshape(-1, h.shape[-1])[flat]).float()
+        h = h.reshape(-1, h.shape[-1])
+        logits = model.lm_head(h[flat]).float()
+        if fflat is not None:
+            ftarget = fl.reshape(-1)[fflat].to(device, non_blocking=True)
+            flogits = model.lm_head(h[fflat.to(device, non_blocking=True)]).float()
     loss = torch.nn.functional.cross_entropy(logits, target)
+    if fflat is not None:
+        loss = loss + filler_weight * torch.nn.functional.cross_entropy(flogits, ftarget)
     acc = (logits.argmax(-1) == target).float().mean()
     return loss, acc
 
@@ -208,8 +231,9 @@ def preflight(model, cur: D.Curriculum, device: torch.device, amp: bool, vocab: 
     L = max(s.max_len for s in cur.stages)
     B = max(1, cur.tokens_per_step // L)
     q = cur.n_queries
-    batch = D.make_batch(B, L, D.max_pairs(L, q, cur.value_len, cur.max_pairs), q, seed=(1 << 31) - 1,
-                         value_len=cur.value_len, vocab=vocab)
+    batch = D.make_batch(B, L, D.max_pairs(L, q, cur.value_len, cur.max_pairs, cur.echo), q, seed=(1 << 31) - 1,
+                         value_len=cur.value_len, vocab=vocab, echo=cur.echo,
+                         phrases=cur.phrases, phrase_len=cur.phrase_len)
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
     info: dict = {"shape": [B, L], "tried": []}
     for impl in ("sdpa", TRAIN_SDPA):
@@ -282,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt" / "state.pt"
     model_dir = args.model_dir or (out / "model")
-    vocab = D.Vocab()
+    vocab = D.Vocab(args.n_keys, args.n_values, args.n_filler)
     cur = make_curriculum(args)
     val_lengths = [int(x) for x in (args.val_lengths or ("256" if args.tiny else "1024,4096,16384")).split(",")]
 
@@ -338,7 +362,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"schedule: {'steps ' + str(total_steps) if total_steps else ''} "
           f"{'minutes %.2f' % (total_budget / 60) if total_budget else ''}", flush=True)
 
-    val_prompts = {L: D.make_prompts(args.val_prompts, L, seed=VAL_SEED_BASE + L, value_len=args.value_len)
+    val_prompts = {L: D.make_prompts(args.val_prompts, L, seed=VAL_SEED_BASE + L, value_len=args.value_len,
+                                     echo=cur.echo, phrases=cur.phrases, phrase_len=cur.phrase_len)
                    for L in val_lengths}
     run_info = {"started_step": step, "versions": versions(device), "preflight": pre,
                 "argv": sys.argv[1:] if argv is None else argv}
@@ -354,7 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def checkpoint(elapsed: float) -> None:
         meta = {"step": step, "trained_minutes": elapsed / 60, "vocab": vocab.to_dict(), "curriculum": cur.to_dict(),
-                "value_len": args.value_len, "seed": args.seed, "runs": runs}
+                "value_len": args.value_len, "echo": cur.echo,
+                "phrases": cur.phrases, "phrase_len": cur.phrase_len, "seed": args.seed, "runs": runs}
         save_model(model, model_dir, meta)
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt_path.with_suffix(".tmp")
@@ -396,13 +422,14 @@ def main(argv: list[str] | None = None) -> dict:
         shape = cur.draw(p, g)
         stage_starts.setdefault(str(shape["stage"]), step)
         batch = D.make_batch(shape["batch"], shape["length"], shape["n_pairs"], shape["n_queries"],
-                             seed=args.seed * 1_000_003 + step + (1 << 30), value_len=args.value_len, vocab=vocab)
+                             seed=args.seed * 1_000_003 + step + (1 << 30), value_len=args.value_len, vocab=vocab,
+                             echo=cur.echo, phrases=cur.phrases, phrase_len=cur.phrase_len)
         lr = lr_at(p, args)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
         with attn_ctx():
-            loss, acc = answer_loss(model, batch, device, amp)
+            loss, acc = answer_loss(model, batch, device, amp, args.filler_weight)
             loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
@@ -449,7 +476,8 @@ def main(argv: list[str] | None = None) -> dict:
     final = {}
     if args.final_eval_prompts:
         for L in val_lengths:
-            P = D.make_prompts(args.final_eval_prompts, L, value_len=args.value_len)  # evaluate.py's seeds
+            P = D.make_prompts(args.final_eval_prompts, L, value_len=args.value_len, echo=cur.echo,
+                              phrases=cur.phrases, phrase_len=cur.phrase_len)  # evaluate.py's seeds
             with attn_ctx():
                 final[str(L)] = answer_accuracy(model, P, device, amp)
         print("final dense accuracy (held-out prompts): " + " ".join(f"{L}:{a:.3f}" for L, a in final.items()),

@@ -87,6 +87,55 @@ def test_make_batch_is_seeded_and_answers_are_the_values_of_the_queried_keys(val
         assert torch.allclose(a["depth"][row], starts.float() / 300)
 
 
+def test_make_batch_echo_writes_the_key_after_its_value_and_supervises_it():
+    v = D.Vocab()
+    a = D.make_batch(4, 400, 10, 4, seed=1, echo=True)
+    ids, labels = a["input_ids"], a["labels"]
+    for row in range(4):
+        seq = ids[row]
+        table = D.check_sequence(seq, v, echo=True)  # raises if an echo is not its pair's key
+        assert len(table) == 10
+        for st in a["pair_start"][row].tolist():  # SEP k v k: the echo is the target at v
+            assert int(labels[row, st + 2]) == int(seq[st + 1]) == int(seq[st + 3])
+        assert int((labels[row] != D.IGNORE).sum()) == 10 + 4  # echoes + answers
+    with pytest.raises(AssertionError, match="echo"):
+        D.check_sequence(D.make_batch(1, 400, 10, 4, seed=1)["input_ids"][0], v, echo=True)
+
+
+def test_make_batch_phrases_fill_the_haystack_from_a_pool_with_next_token_targets():
+    v = D.Vocab(n_keys=64, n_values=64, n_filler=64)
+    L, plen = 2048, 8
+    a = D.make_batch(3, L, 16, 4, seed=5, vocab=v, phrases=16, phrase_len=plen)
+    ids, fl = a["input_ids"], a["filler_labels"]
+    assert fl.shape == ids.shape
+    first_query = int((ids[0] == D.QUERY).nonzero()[0])
+    for row in range(3):
+        seq = ids[row]
+        # targets: exactly the positions inside the haystack whose next token is filler, and they are that token
+        nxt_filler = torch.tensor([v.kind(int(t)) == "filler" for t in seq[1:]] + [False])
+        inside = torch.arange(L) + 1 < first_query
+        assert torch.equal(fl[row] != D.IGNORE, nxt_filler & inside)
+        assert torch.equal(fl[row][fl[row] != D.IGNORE], seq[1:][(fl[row] != D.IGNORE)[:-1]])
+        # phrases repeat: far fewer distinct filler 8-grams at phrase boundaries than slots
+        grams = {tuple(seq[i:i + plen].tolist()) for i in range(0, first_query - plen, plen)
+                 if all(v.kind(int(t)) == "filler" for t in seq[i:i + plen])}
+        assert len(grams) <= max(16, L // (8 * plen))
+        assert D.check_sequence(seq, v)  # pairs and queries are intact
+    # i.i.d. filler (phrases=0) is the old format: the same keys, values and answers for one seed
+    b = D.make_batch(3, L, 16, 4, seed=5, vocab=v)
+    assert torch.equal(b["labels"] != D.IGNORE, a["labels"] != D.IGNORE)
+
+
+def test_prompt_format_reads_the_training_format():
+    meta = {"echo": False, "phrases": 16, "phrase_len": 8,
+            "vocab": D.Vocab(n_keys=64, n_values=64, n_filler=64).to_dict()}
+    fmt = D.prompt_format(meta)
+    assert fmt["phrases"] == 16 and fmt["vocab"] == D.Vocab(64, 64, 64)
+    p = D.make_prompts(2, 512, **fmt)
+    assert int(p["input_ids"].max()) < fmt["vocab"].size
+    assert D.prompt_format({})["vocab"] == D.Vocab() and D.prompt_format({})["phrases"] == 0
+
+
 def test_make_batch_rejects_too_short():
     with pytest.raises(ValueError, match="too short"):
         D.make_batch(1, 40, 20, 2, seed=0)
@@ -234,7 +283,8 @@ def test_shipped_model_answers_densely_and_sparsely():
     assert (SHIPPED / "model.safetensors").stat().st_size < 16 * 10**6
     model = LlamaForCausalLM.from_pretrained(SHIPPED, dtype=torch.float32, attn_implementation="sdpa",
                                              local_files_only=True).eval()
-    prompts = D.make_prompts(1, 1024)
+    meta = json.loads((SHIPPED / "retrieval_lm.json").read_text())
+    prompts = D.make_prompts(1, 1024, **D.prompt_format(meta))
     ids, ans = prompts["input_ids"], prompts["answers"]
     with torch.no_grad():
         dense = E.predict(model, ids, ans.shape[1])
