@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{'minutes %.2f' % (total_budget / 60) if total_budget else ''}", flush=True)
 
     val_prompts = {L: D.make_prompts(args.val_prompts, L, seed=VAL_SEED_BASE + L, value_len=args.value_len,
-                                     echo=cur.echo, phrases=cur.phrases, phrase_len=cur.phrase_len)
+                                     echo=cur.echo, phrases=cur.phrases, phrase_len=cur.phrase_len, vocab=vocab)
                    for L in val_lengths}
     run_info = {"started_step": step, "versions": versions(device), "preflight": pre,
                 "argv": sys.argv[1:] if argv is None else argv}
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.final_eval_prompts:
         for L in val_lengths:
             P = D.make_prompts(args.final_eval_prompts, L, value_len=args.value_len, echo=cur.echo,
-                              phrases=cur.phrases, phrase_len=cur.phrase_len)  # evaluate.py's seeds
+                              phrases=cur.phrases, phrase_len=cur.phrase_len, vocab=vocab)  # evaluate.py's seeds
             with attn_ctx():
                 final[str(L)] = answer_accuracy(model, P, device, amp)
         print("final dense accuracy (held-out prompts): " + " ".join(f"{L}:{a:.3f}" for L, a in final.items()),
