@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from functools import lru_cache
 from typing import Iterable
 
 import torch
 from torch import Tensor
+
+
+@lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    """Whether the ``triton`` package can be imported (looked up once; nothing is imported)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def fmt_dtypes(dts: Iterable[torch.dtype]) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
 from typing import ClassVar
 
 import attrs
@@ -12,6 +10,7 @@ from torch import Tensor
 
 from sparsekit import AttentionProblem, BlockLayout, BlockScores, Budget, MaskBuilder
 from sparsekit.errors import ConfigError, invalid
+from sparsekit.kernels._checks import triton_installed
 from sparsekit.kernels.topk_compact.naive import topk_compact_naive
 from sparsekit.stages import positive_int
 
@@ -70,11 +69,6 @@ def topk_rows_per_chunk(B: int, Hq: int, G: int, nKb: int, max_k: int, score_byt
     return max(1, (chunk_mb << 20) // max(per_row, 1))
 
 
-@lru_cache(maxsize=None)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 @attrs.frozen
 class TopKMask(MaskBuilder):
     """Keep, per (batch, head, q-block), the ``count`` highest-scoring visible kv-blocks.
@@ -113,7 +107,7 @@ class TopKMask(MaskBuilder):
         forced = forced_count(first, last, visible, self.sink, self.diagonal)
         counts32 = torch.clamp(budget.value, forced[:, None, :], visible[:, None, :],
                                out=torch.empty(B, Hq, nQb, dtype=torch.int32, device=dev))
-        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda" and _triton_installed())
+        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda" and triton_installed())
         head_bytes = 0 if use_triton else 21
         s_bytes = scores.scores.element_size()
         # The group sort does not depend on max_k: when one chunk holds every row even at max_k = nKb (the most

@@ -7,14 +7,13 @@ reference, any device) and a Triton kernel (``sparsekit.kernels.proxy_scores.op`
 
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
 from typing import Any, Callable, ClassVar
 
 import attrs
 
 from sparsekit import AttentionProblem, BlockScores, ConfigError, Estimator, InputError, UnsupportedError
 from sparsekit.errors import invalid
+from sparsekit.kernels._checks import triton_installed
 from sparsekit.kernels.proxy_scores.naive import proxy_scores_naive, sampled_rows
 from sparsekit.stages import positive_int
 
@@ -28,11 +27,6 @@ def impl_choice(inst: Any, attr: attrs.Attribute, value: Any) -> None:
     if value not in IMPLS:
         raise invalid(attr.name, value, ", ".join(repr(i) for i in IMPLS),
                       "pass impl='auto' (Triton on CUDA, torch elsewhere)", ConfigError)
-
-
-@lru_cache(maxsize=None)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 def choose_impl(impl: str, problem: AttentionProblem, stage: str | Callable[[], str],
@@ -49,11 +43,11 @@ def choose_impl(impl: str, problem: AttentionProblem, stage: str | Callable[[], 
     if impl == "torch":
         return "torch"
     if impl == "auto":
-        if problem.device.type != "cuda" or not _triton_installed():
+        if problem.device.type != "cuda" or not triton_installed():
             return "torch"
         return "torch" if reasons() else "triton"
     why = (["triton is not installed (required by impl='triton'): pip install triton"]
-           if not _triton_installed() else reasons())
+           if not triton_installed() else reasons())
     if why:
         stage = stage if isinstance(stage, str) else stage()
         raise UnsupportedError(f"{stage}: impl='triton' cannot run {problem.describe()}:\n  - " + "\n  - ".join(why)

@@ -6,7 +6,6 @@ functions are defined, and a machine without triton still lists (and refuses) th
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Callable, ClassVar
 
 import attrs
@@ -15,6 +14,7 @@ from torch import Tensor
 
 from sparsekit import AttentionProblem, BlockLayout, Capabilities, Kernel
 from sparsekit.hookspecs import hookimpl
+from sparsekit.kernels._checks import triton_installed
 
 
 @attrs.frozen
@@ -30,7 +30,7 @@ class TritonKernel(Kernel):
         block_sizes=(16, 32, 64, 128, 256), interpreted_on_cpu=True)
 
     def not_supported_reasons(self, problem: AttentionProblem, v: Tensor, layout: BlockLayout | None) -> list[str]:
-        if importlib.util.find_spec("triton") is None:
+        if not triton_installed():
             return ["triton is not installed (required by 'triton'): pip install triton, or use kernel='torch'"]
         reasons = super().not_supported_reasons(problem, v, layout)
         if reasons or layout is None:

@@ -38,14 +38,6 @@ def ids(n: int = N, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def registered() -> set[str]:
     return set(AttentionInterface._global_mapping) | set(AttentionMaskInterface._global_mapping)
 

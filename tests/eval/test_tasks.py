@@ -43,14 +43,6 @@ def model(tok):
     return LlamaForCausalLM(cfg).eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("kind", T.KINDS)
 @pytest.mark.parametrize("length", [300, 2000])
 def test_prompt_length_and_needles(tok, kind, length):

@@ -35,14 +35,6 @@ E = _load("evaluate")
 SHIPPED = HERE / "model"
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two xdist workers share the cores
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------

@@ -68,13 +68,8 @@ def valid_close(a: torch.Tensor, b: torch.Tensor, am: torch.Tensor | None = None
 
 @pytest.fixture(autouse=True)
 def _no_grad():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only fight with the other xdist worker
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+    with torch.inference_mode():  # (one intra-op thread per worker: tests/conftest.py)
+        yield
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
