@@ -16,6 +16,21 @@ retrieval head that needs them, and training sits for thousands of steps on the 
 *some* value of the context (accuracy ~1/P). Queries stay ``QUERY k v``. Answering needs an induction circuit (previous-token head + content match
 against the query key), reading a single far-back position: the needle can sit anywhere in the context.
 
+**Fused needles** (``Vocab(fused=True)``, train.py's default): each pair is one token ``SEP n`` whose id names
+both its key and its value (``n_keys * n_values`` needle ids after the filler), queries stay ``QUERY k v``::
+
+    BOS  f f  SEP n(k1,v1)  f f f  SEP n(k2,v2)  f ... f  QUERY k2 v2
+
+Answering still means reading one far-back position that can sit anywhere in the context (the query key
+must be matched against every needle, then the value read from the match), but it is a one-hop retrieval: a
+single attention head can learn it directly, while the two-token pair needs a two-layer induction circuit, whose
+formation kept the GPU runs of 2026-11-28 on the copy-any-value plateau (README.md, "Status"). On the CPU, a
+2-layer model (hidden 128, 8 query / 2 KV heads) on 64-token sequences with up to 8 pairs reached 0.95 on held-out
+8-pair prompts after 600 steps of 64 sequences with fused needles (32 keys x 32 values) and stayed at ~1/P
+for 2,600 steps with two-token pairs (with or without echo).
+
+Queries are drawn with replacement (see ``_sequences``).
+
 Everything is generated with ``torch`` on the CPU from a ``torch.Generator`` seeded by the caller, so the same
 seed gives the same tokens on every machine (training batches are moved to the GPU afterwards).
 
@@ -55,6 +70,8 @@ class Vocab:
     n_keys: int = 256
     n_values: int = 256
     n_filler: int = 496
+    #: ``fused`` needles: one id per (key, value) combination after the filler ids (``n_keys * n_values`` more ids)
+    fused: bool = False
 
     @property
     def key0(self) -> int:
@@ -69,8 +86,13 @@ class Vocab:
         return N_SPECIAL + self.n_keys + self.n_values
 
     @property
+    def needle0(self) -> int:
+        """First fused-needle id: needle ``(k, v)`` is ``needle0 + (k - key0) * n_values + (v - value0)``."""
+        return self.filler0 + self.n_filler
+
+    @property
     def size(self) -> int:
-        return N_SPECIAL + self.n_keys + self.n_values + self.n_filler
+        return self.needle0 + (self.n_keys * self.n_values if self.fused else 0)
 
     def kind(self, token: int) -> str:
         """``"special"``, ``"key"``, ``"value"`` or ``"filler"``."""
@@ -80,18 +102,28 @@ class Vocab:
             return "key"
         if token < self.filler0:
             return "value"
-        return "filler"
+        if token < self.needle0:
+            return "filler"
+        return "needle"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "n_special": N_SPECIAL, "size": self.size,
+        return {**asdict(self), "n_special": N_SPECIAL, "size": self.size, "needle0": self.needle0,
                 "specials": {"PAD": PAD, "BOS": BOS, "SEP": SEP, "QUERY": QUERY, "EOS": EOS}}
+
+
+def pair_width(value_len: int = 1, echo: bool = False, fused: bool = False) -> int:
+    """Tokens of one pair in the haystack: ``SEP k v.. (k)``, or ``SEP n`` for a fused needle."""
+    return 2 if fused else 2 + value_len + int(echo)
 
 
 def _sequences(batch: int, length: int, n_pairs: int, n_queries: int, value_len: int, g: torch.Generator,
                vocab: Vocab, echo: bool = False, phrases: int = 0, phrase_len: int = 8) -> dict[str, torch.Tensor]:
     """``batch`` sequences of exactly ``length`` tokens (queries complete, answers included)."""
     Wq = 2 + value_len  # QUERY k v..
-    W = Wq + int(echo)  # SEP k v.. (k)
+    W = pair_width(value_len, echo, vocab.fused)  # SEP k v.. (k), or SEP n (fused)
+    if vocab.fused and (value_len != 1 or echo):
+        raise ValueError(f"fused needles carry one value token and no echo (got value_len={value_len}, "
+                         f"echo={echo}); use value_len=1, echo=False, or an unfused Vocab")
     hay = length - 1 - n_queries * Wq
     if n_pairs < max(1, n_queries) or n_pairs > vocab.n_keys:
         raise ValueError(f"n_pairs={n_pairs} (allowed: n_queries={n_queries} <= n_pairs <= n_keys={vocab.n_keys})")
@@ -101,11 +133,11 @@ def _sequences(batch: int, length: int, n_pairs: int, n_queries: int, value_len:
     B, P, Q = batch, n_pairs, n_queries
     if phrases:  # filler = random draws from the sequence's own pool of random phrases (each used ~8 times)
         n_pool = max(phrases, length // (8 * phrase_len))
-        pool = torch.randint(vocab.filler0, vocab.size, (B, n_pool, phrase_len), generator=g)
+        pool = torch.randint(vocab.filler0, vocab.needle0, (B, n_pool, phrase_len), generator=g)
         pick = torch.randint(0, n_pool, (B, -(-length // phrase_len)), generator=g)
         ids = pool[torch.arange(B)[:, None], pick].reshape(B, -1)[:, :length].contiguous()
     else:
-        ids = torch.randint(vocab.filler0, vocab.size, (B, length), generator=g)
+        ids = torch.randint(vocab.filler0, vocab.needle0, (B, length), generator=g)
     ids[:, 0] = BOS
     # non-overlapping pair starts, uniform-ish over the haystack: sorted draws plus W * rank
     u = torch.randint(0, hay - P * W + 1, (B, P), generator=g).sort(dim=1).values
@@ -114,15 +146,21 @@ def _sequences(batch: int, length: int, n_pairs: int, n_queries: int, value_len:
     vals = torch.randint(0, vocab.n_values, (B, P, value_len), generator=g) + vocab.value0
     rows = torch.arange(B)[:, None]
     ids[rows, start] = SEP
-    ids[rows, start + 1] = keys
-    for j in range(value_len):
-        ids[rows, start + 2 + j] = vals[:, :, j]
+    if vocab.fused:  # SEP n: one token names the key and carries the value
+        ids[rows, start + 1] = vocab.needle0 + (keys - vocab.key0) * vocab.n_values + (vals[:, :, 0] - vocab.value0)
+    else:
+        ids[rows, start + 1] = keys
+        for j in range(value_len):
+            ids[rows, start + 2 + j] = vals[:, :, j]
     labels = torch.full((B, length), IGNORE, dtype=torch.long)
     if echo:  # the key again after its value, predicted at the value's last token: trains a previous-token head
         ids[rows, start + 2 + value_len] = keys
         labels[rows, start + 1 + value_len] = keys
-    # queries: Q distinct pairs, in random order
-    pick = torch.rand(B, P, generator=g).argsort(dim=1)[:, :Q]
+    # queries: Q pairs drawn with replacement. Distinct queries would leak the answer: with Q = P, the values not
+    # yet asked for shrink to one, and a model that copies "a value of the context not queried yet" scores
+    # sum(1/j)/P without retrieving anything (seen on the CPU: training accuracy above the copy level while held-out
+    # single-query prompts stayed at 1/P).
+    pick = torch.randint(0, P, (B, Q), generator=g)
     qstart = 1 + hay + Wq * torch.arange(Q)
     ids[rows, qstart] = QUERY
     ids[rows, qstart + 1] = keys.gather(1, pick)
@@ -133,10 +171,11 @@ def _sequences(batch: int, length: int, n_pairs: int, n_queries: int, value_len:
     depth = start.gather(1, pick).float() / length  # where each queried pair sits (0 = start of the context)
     # next-token targets inside the haystack where the next token is filler (phrases make them predictable)
     nxt = ids[:, 1:]
-    lm = torch.where((nxt >= vocab.filler0) & (torch.arange(1, length) < 1 + hay), nxt, IGNORE)
+    nxt_filler = (nxt >= vocab.filler0) & (nxt < vocab.needle0)
+    lm = torch.where(nxt_filler & (torch.arange(1, length) < 1 + hay), nxt, IGNORE)
     filler_labels = torch.cat([lm, torch.full((B, 1), IGNORE, dtype=torch.long)], 1)
-    return {"input_ids": ids, "labels": labels, "filler_labels": filler_labels, "pair_start": start, "keys": keys, "values": vals,
-            "query_pairs": pick, "depth": depth}
+    return {"input_ids": ids, "labels": labels, "filler_labels": filler_labels, "pair_start": start, "keys": keys,
+            "values": vals, "query_pairs": pick, "depth": depth}
 
 
 def make_batch(batch: int, length: int, n_pairs: int, n_queries: int, seed: int, *, value_len: int = 1,
@@ -159,20 +198,22 @@ def make_prompts(n: int, length: int, *, n_pairs: int = 32, value_len: int = 1, 
     prompts of ``n=100``). ``n_pairs`` is capped so pairs fill at most half of the haystack.
     """
     seed = EVAL_SEED_BASE + length * 1000 if seed is None else seed
-    n_pairs = max(1, min(n_pairs, (length - 3 - value_len) // (2 * (2 + value_len + int(echo)))))
+    n_pairs = max(1, min(n_pairs, vocab.n_keys,
+                         (length - 3 - value_len) // (2 * pair_width(value_len, echo, vocab.fused))))
     seqs = [_sequences(1, length + value_len, n_pairs, 1, value_len, torch.Generator().manual_seed(int(seed) + i),
                        vocab, echo, phrases, phrase_len) for i in range(n)]
     ids = torch.cat([q["input_ids"] for q in seqs])
     depth = torch.cat([q["depth"][:, 0] for q in seqs])
+    needle = torch.cat([q["pair_start"].gather(1, q["query_pairs"])[:, 0] for q in seqs])
     return {"input_ids": ids[:, :length].contiguous(), "answers": ids[:, length:].contiguous(), "depth": depth,
-            "n_pairs": torch.tensor(n_pairs), "seed": torch.tensor(seed)}
+            "needle": needle, "n_pairs": torch.tensor(n_pairs), "seed": torch.tensor(seed)}
 
 
-def max_pairs(length: int, n_queries: int, value_len: int = 1, cap: int = 64, echo: bool = False) -> int:
+def max_pairs(length: int, n_queries: int, value_len: int = 1, cap: int = 64, echo: bool = False,
+              fused: bool = False) -> int:
     """Largest pair count train.py uses at ``length``: pairs fill at most half of the haystack, at most ``cap``."""
-    Wq = 2 + value_len
-    hay = length - 1 - n_queries * Wq
-    return max(n_queries, min(cap, hay // (2 * (Wq + int(echo)))))
+    hay = length - 1 - n_queries * (2 + value_len)
+    return max(n_queries, min(cap, hay // (2 * pair_width(value_len, echo, fused))))
 
 
 @dataclass
@@ -207,6 +248,7 @@ class Curriculum:
     echo: bool = False  # pairs written SEP k v k (see make_batch)
     phrases: int = 0  # filler from a pool of this many random phrases per sequence (0: i.i.d. filler)
     phrase_len: int = 8
+    fused: bool = False  # one-token needles (Vocab.fused): pairs are 2 tokens wide
 
     def stage(self, p: float) -> int:
         i = 0
@@ -228,7 +270,7 @@ class Curriculum:
             length = max(s.min_len, min(s.max_len, int(round(length / self.multiple)) * self.multiple))
         W = 2 + self.value_len + int(self.echo)
         nq = max(1, min(self.n_queries, (length - 1) // (2 * W)))  # short sequences: fewer queries fit
-        hi_p = max_pairs(length, nq, self.value_len, self.max_pairs, self.echo)
+        hi_p = max_pairs(length, nq, self.value_len, self.max_pairs, self.echo, self.fused)
         lo_p = min(self.min_pairs, hi_p)
         if float(torch.rand((), generator=g)) < 0.5:
             n_pairs = int(torch.randint(lo_p, hi_p + 1, (), generator=g))
@@ -254,7 +296,7 @@ def prompt_format(meta: dict) -> dict:
     """The task-format arguments of :func:`make_prompts` (``echo``, ``phrases``, ``phrase_len``, ``vocab``) that a model
     was trained with, from its ``retrieval_lm.json`` (models from before these options: i.i.d. filler)."""
     v = meta.get("vocab", {})
-    vocab = Vocab(**{k: int(v[k]) for k in ("n_keys", "n_values", "n_filler") if k in v})
+    vocab = Vocab(**{k: int(v[k]) for k in ("n_keys", "n_values", "n_filler") if k in v}, fused=bool(v.get("fused", False)))
     return {"echo": bool(meta.get("echo", False)), "phrases": int(meta.get("phrases", 0)),
             "phrase_len": int(meta.get("phrase_len", 8)), "vocab": vocab}
 
@@ -268,7 +310,15 @@ def check_sequence(ids: torch.Tensor, vocab: Vocab = Vocab(), value_len: int = 1
     table: dict[int, tuple[int, ...]] = {}
     t = ids.tolist()
     for i, tok in enumerate(t):
-        if tok == SEP:
+        if tok == SEP and vocab.fused:
+            n = t[i + 1] - vocab.needle0
+            if not 0 <= n < vocab.n_keys * vocab.n_values:
+                raise AssertionError(f"SEP at {i} is followed by {t[i + 1]}, not a fused needle")
+            k, v = vocab.key0 + n // vocab.n_values, vocab.value0 + n % vocab.n_values
+            if k in table:
+                raise AssertionError(f"key {k} appears twice")
+            table[k] = (v,)
+        elif tok == SEP:
             k = t[i + 1]
             if k in table:
                 raise AssertionError(f"key {k} appears twice")

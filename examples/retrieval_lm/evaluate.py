@@ -325,18 +325,14 @@ def _keep_sets(mass: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def analyse_heads(cap: Capture, prompts: dict[str, torch.Tensor], n_kv: int, value_len: int,
-                  echo: bool = False) -> dict[str, Any]:
+                  echo: bool = False, fused: bool = False) -> dict[str, Any]:
     """Per layer: similarity of the heads of each KV group (and across groups), per-head oracle densities and
     answer-row masses. Q-block 0 (one visible block) is left out of the similarity averages."""
     ids = prompts["input_ids"]
     B, N = ids.shape
-    W = 2 + value_len + int(echo)
-    # the needle pair of each prompt: the SEP ... v tokens of the queried key
-    qkey = ids[:, -1]
-    needle = []
-    for b in range(B):
-        pos = ((ids[b, :-2] == qkey[b]).nonzero().flatten())
-        needle.append(int(pos[0]) - 1)  # SEP position
+    W = D.pair_width(value_len, echo, fused)
+    # the needle pair of each prompt: the SEP position of the queried key's pair (make_prompts' "needle")
+    needle = [int(x) for x in prompts["needle"]]
     out_layers = []
     for layer in sorted(cap.mass):
         M = cap.mass[layer]  # [B, Hq, nQb, nKb]
@@ -400,7 +396,7 @@ def _mean(xs) -> float | None:
 
 
 def run_analysis(model, prompts: dict[str, torch.Tensor], device: torch.device, block: int,
-                 value_len: int, echo: bool = False) -> dict[str, Any]:
+                 value_len: int, echo: bool = False, fused: bool = False) -> dict[str, Any]:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -425,7 +421,7 @@ def run_analysis(model, prompts: dict[str, torch.Tensor], device: torch.device, 
     cap = Capture(block, block)
     cap.mass = {k: torch.cat(v) for k, v in masses.items()}
     cap.last_row = {k: torch.cat(v) for k, v in rows.items()}
-    return analyse_heads(cap, prompts, model.config.num_key_value_heads, value_len, echo)
+    return analyse_heads(cap, prompts, model.config.num_key_value_heads, value_len, echo, fused)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             ap = D.make_prompts(args.analysis_prompts, args.analysis_length, n_pairs=args.n_pairs, value_len=value_len, **fmt,
                                 seed=D.EVAL_SEED_BASE + args.analysis_length * 1000 + 500)
-            res["analysis"] = run_analysis(model, ap, device, block, value_len, echo)
+            res["analysis"] = run_analysis(model, ap, device, block, value_len, echo, fmt["vocab"].fused)
             res["analysis"]["seconds"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - record and go on with the strategies
             res["analysis"] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -97,14 +97,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="curriculum 'start:min:max,...' e.g. '0:128:1024,0.2:512:4096,0.4:1024:16384'")
     p.add_argument("--n-queries", type=int, default=16)
     p.add_argument("--value-len", type=int, default=1)
-    p.add_argument("--n-keys", type=int, default=256, help="key ids in the vocabulary")
-    p.add_argument("--n-values", type=int, default=256, help="value ids in the vocabulary")
-    p.add_argument("--n-filler", type=int, default=496, help="filler ids in the vocabulary")
-    p.add_argument("--phrases", type=int, default=16,
+    p.add_argument("--n-keys", type=int, default=32, help="key ids in the vocabulary (>= the pairs per sequence)")
+    p.add_argument("--n-values", type=int, default=32, help="value ids in the vocabulary")
+    p.add_argument("--n-filler", type=int, default=64, help="filler ids in the vocabulary")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                   help="one-token needles SEP n(k, v) (data.py; n_keys x n_values more ids); --no-fused: SEP k v "
+                        "pairs, which need a two-layer induction circuit")
+    p.add_argument("--phrases", type=int, default=0,
                    help="filler drawn from a pool of this many random phrases per sequence, with a next-token loss on "
                         "it (dense training of induction heads; data.make_batch); 0: i.i.d. filler, answers only")
     p.add_argument("--phrase-len", type=int, default=8)
-    p.add_argument("--filler-weight", type=float, default=1.0, help="weight of the filler next-token loss")
+    p.add_argument("--filler-weight", type=float, default=1.0,
+                   help="weight of the filler next-token loss (with --phrases only: i.i.d. filler is unpredictable)")
     p.add_argument("--echo", action=argparse.BooleanOptionalAction, default=False,
                    help="pairs written SEP k v k with the echoed key supervised (trains previous-token heads; "
                         "data.make_batch); --no-echo: SEP k v")
@@ -143,7 +147,12 @@ def make_curriculum(args: argparse.Namespace) -> D.Curriculum:
                   D.Stage(0.4, min(1024, top), top)]
     tps = args.tokens_per_step or (2048 if args.tiny else 1 << 17)
     return D.Curriculum(stages=stages, tokens_per_step=tps, n_queries=args.n_queries, value_len=args.value_len,
-                        echo=args.echo, phrases=args.phrases, phrase_len=args.phrase_len)
+                        echo=args.echo, phrases=args.phrases, phrase_len=args.phrase_len, fused=args.fused,
+                        max_pairs=min(64, args.n_keys))
+
+
+def vocab_from_args(args: argparse.Namespace) -> D.Vocab:
+    return D.Vocab(args.n_keys, args.n_values, args.n_filler, fused=args.fused)
 
 
 def lr_at(p: float, args: argparse.Namespace) -> float:
@@ -231,7 +240,8 @@ def preflight(model, cur: D.Curriculum, device: torch.device, amp: bool, vocab: 
     L = max(s.max_len for s in cur.stages)
     B = max(1, cur.tokens_per_step // L)
     q = cur.n_queries
-    batch = D.make_batch(B, L, D.max_pairs(L, q, cur.value_len, cur.max_pairs, cur.echo), q, seed=(1 << 31) - 1,
+    batch = D.make_batch(B, L, D.max_pairs(L, q, cur.value_len, cur.max_pairs, cur.echo, cur.fused), q,
+                         seed=(1 << 31) - 1,
                          value_len=cur.value_len, vocab=vocab, echo=cur.echo,
                          phrases=cur.phrases, phrase_len=cur.phrase_len)
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt" / "state.pt"
     model_dir = args.model_dir or (out / "model")
-    vocab = D.Vocab(args.n_keys, args.n_values, args.n_filler)
+    vocab = vocab_from_args(args)
     cur = make_curriculum(args)
     val_lengths = [int(x) for x in (args.val_lengths or ("256" if args.tiny else "1024,4096,16384")).split(",")]
 
@@ -429,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
         with attn_ctx():
-            loss, acc = answer_loss(model, batch, device, amp, args.filler_weight)
+            loss, acc = answer_loss(model, batch, device, amp, args.filler_weight if cur.phrases else 0.0)
             loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()

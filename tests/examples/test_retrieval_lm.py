@@ -118,6 +118,49 @@ def test_make_batch_phrases_fill_the_haystack_from_a_pool_with_next_token_target
     assert torch.equal(b["labels"] != D.IGNORE, a["labels"] != D.IGNORE)
 
 
+def test_fused_needles_name_their_key_and_value_in_one_token():
+    v = D.Vocab(n_keys=32, n_values=32, n_filler=64, fused=True)
+    assert v.size == 16 + 32 + 32 + 64 + 32 * 32 and v.kind(v.needle0) == "needle" and v.kind(v.size - 1) == "needle"
+    assert v.kind(v.needle0 - 1) == "filler"
+    L, P, Q = 600, 20, 6
+    a = D.make_batch(5, L, P, Q, seed=11, vocab=v)
+    ids, labels = a["input_ids"], a["labels"]
+    assert int(ids.max()) < v.size
+    for row in range(5):
+        seq = ids[row]
+        table = D.check_sequence(seq, v)  # decodes SEP n(k, v); raises on a repeated key
+        assert len(table) == P
+        for st, k, val in zip(a["pair_start"][row].tolist(), a["keys"][row].tolist(), a["values"][row, :, 0].tolist()):
+            assert int(seq[st]) == D.SEP and v.kind(int(seq[st + 1])) == "needle" and table[k] == (val,)
+        # needle ids only right after SEP: the filler never draws them
+        needles = [i for i, t in enumerate(seq.tolist()) if v.kind(t) == "needle"]
+        assert needles == sorted(st + 1 for st in a["pair_start"][row].tolist())
+        # queries stay QUERY k v, answered by the key's value
+        qpos = (seq == D.QUERY).nonzero().flatten().tolist()
+        assert len(qpos) == Q
+        for q in qpos:
+            assert table[int(seq[q + 1])] == (int(seq[q + 2]),) and int(labels[row, q + 1]) == int(seq[q + 2])
+    # prompts: "needle" is the SEP of the queried key's pair
+    p = D.make_prompts(4, 1024, vocab=v)
+    for row in range(4):
+        seq, pos = p["input_ids"][row], int(p["needle"][row])
+        n = int(seq[pos + 1]) - v.needle0
+        assert int(seq[pos]) == D.SEP and v.key0 + n // v.n_values == int(seq[-1])
+        assert v.value0 + n % v.n_values == int(p["answers"][row, 0])
+    assert int(p["n_pairs"]) == 32  # capped at the number of keys
+    with pytest.raises(ValueError, match="fused"):
+        D.make_batch(1, 200, 4, 2, seed=0, vocab=v, echo=True)
+    assert D.prompt_format({"vocab": v.to_dict()})["vocab"] == v
+
+
+def test_queries_are_drawn_with_replacement():
+    """Distinct queries covering every pair would let a model score above 1/P by eliminating the values already
+    asked for; with replacement, the queried pairs are independent draws."""
+    a = D.make_batch(400, 64, 4, 4, seed=2)
+    qp = a["query_pairs"]
+    assert (qp.sort(1).values[:, 1:] == qp.sort(1).values[:, :-1]).any(1).float().mean() > 0.5
+
+
 def test_prompt_format_reads_the_training_format():
     meta = {"echo": False, "phrases": 16, "phrase_len": 8,
             "vocab": D.Vocab(n_keys=64, n_values=64, n_filler=64).to_dict()}
@@ -154,7 +197,8 @@ def test_make_prompts(length):
 
 
 def test_curriculum_shapes():
-    cur = T.make_curriculum(T.parse_args(["--steps", "1"]))
+    args = T.parse_args(["--steps", "1"])
+    cur, vocab = T.make_curriculum(args), T.vocab_from_args(args)
     g = torch.Generator().manual_seed(0)
     seen_max = 0
     for i in range(200):
@@ -164,9 +208,9 @@ def test_curriculum_shapes():
         assert st.min_len <= s["length"] <= st.max_len and s["length"] % cur.multiple == 0
         assert s["batch"] * s["length"] <= cur.tokens_per_step
         assert 1 <= s["n_queries"] == min(cur.n_queries, s["n_pairs"])
-        assert s["n_pairs"] <= D.max_pairs(s["length"], s["n_queries"])
+        assert s["n_pairs"] <= min(vocab.n_keys, D.max_pairs(s["length"], s["n_queries"], fused=cur.fused))
         seen_max = max(seen_max, s["length"])
-        D.make_batch(1, s["length"], s["n_pairs"], s["n_queries"], seed=i)  # the shape is feasible
+        D.make_batch(1, s["length"], s["n_pairs"], s["n_queries"], seed=i, vocab=vocab)  # the shape is feasible
     assert seen_max == 16384
     assert cur.stage(0.0) == 0 and cur.stage(1.0) == len(cur.stages) - 1
     # very short sequences: fewer queries, always a feasible shape
@@ -177,7 +221,7 @@ def test_curriculum_shapes():
 
 
 def test_shipped_architecture_fits_the_issue():
-    cfg = T.model_config()
+    cfg = T.model_config(vocab=T.vocab_from_args(T.parse_args(["--steps", "1"])))
     assert cfg.num_attention_heads // cfg.num_key_value_heads >= 4
     assert cfg.head_dim in (16, 32, 64, 128, 256)
     from transformers import LlamaForCausalLM
