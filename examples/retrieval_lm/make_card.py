@@ -81,14 +81,36 @@ def fill(train_log: dict[str, Any], ev: dict[str, Any]) -> str:
     if cur:
         curriculum += f" (last stage: {cur.get('long_fraction', 0.5):.0%} of steps at the max length)"
     an = ev.get("analysis") or {}
+    voc = train_log.get("vocab", {})
+    fused = bool(voc.get("fused", cur.get("fused", False)))
+    nk, nv, nf = voc.get("n_keys", 256), voc.get("n_values", 256), voc.get("n_filler", 496)
+    vocab_desc = f"16 specials (0 PAD, 1 BOS, 2 SEP, 3 QUERY, 4 EOS), {nk} keys, {nv} values, {nf} filler"
+    if fused:
+        vocab_desc += f", {nk * nv} fused needles (one per key-value combination, from id {voc.get('needle0', '?')})"
+    filler = ("repeated random phrases (a pool per sequence, with a next-token loss on them)" if cur.get("phrases")
+              else "uniformly random filler tokens")
+    if fused:
+        recipe = (f"`BOS`, a haystack of {filler} with `P` one-token needles `SEP n(key, value)` at random "
+                  "non-overlapping depths (keys distinct within a sequence; the needle id encodes both the key and the "
+                  "value), then queries `QUERY key value`: answering means matching the query key against every "
+                  "needle in the context and reading the value off the match, a one-hop retrieval of a single "
+                  "far-back position.")
+    else:
+        recipe = (f"`BOS`, a haystack of {filler} with `P` pairs `SEP key value` at random non-overlapping depths "
+                  "(keys distinct within a sequence), then queries `QUERY key value` (an induction circuit: "
+                  "previous-token head + key match).")
+    recipe += " The loss is the cross-entropy of the value tokens of the queries" + (
+        " plus the filler's next-token loss." if cur.get("phrases") else " only.")
     values = {
+        "vocab_desc": vocab_desc, "data_recipe": recipe, "max_pairs": cur.get("max_pairs", 64),
+        "pair_div": 2 * (2 if fused else 2 + int(cur.get("value_len", 1)) + int(bool(cur.get("echo")))),
         "transformers_version": cfg.get("transformers_version", env.get("transformers")),
         "layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"], "intermediate": cfg["intermediate_size"],
         "q_heads": cfg["num_attention_heads"], "kv_heads": cfg["num_key_value_heads"],
         "group": cfg["num_attention_heads"] // cfg["num_key_value_heads"], "head_dim": cfg.get("head_dim"),
         "rope_theta": f"{rope:g}" if rope else "?", "max_pos": cfg.get("max_position_embeddings"),
         "vocab": cfg["vocab_size"], "params": f"{ev['model']['parameters'] / 1e6:.2f}M",
-        "size_mb": f"{ev['model']['safetensors_bytes'] / 1e6:.1f}", "weights_dtype": cfg.get("dtype", "float32"),
+        "size_mb": f"{ev['model']['safetensors_bytes'] / 1e6:.1f}", "weights_dtype": train_log.get("config", cfg).get("dtype", "float32"),
         "n_queries": cur.get("n_queries", "?"), "eval_pairs": ev["settings"]["n_pairs"],
         "gpu": v0.get("gpu", v0.get("device", "?")), "torch_version": v0.get("torch", "?"),
         "lr": args.get("lr"), "warmup": args.get("warmup"), "min_lr_frac": args.get("min_lr_frac"),

@@ -320,7 +320,7 @@ def test_shipped_model_answers_densely_and_sparsely():
     model = LlamaForCausalLM.from_pretrained(SHIPPED, dtype=torch.float32, attn_implementation="sdpa",
                                              local_files_only=True).eval()
     meta = json.loads((SHIPPED / "retrieval_lm.json").read_text())
-    prompts = D.make_prompts(1, 1024, **D.prompt_format(meta))
+    prompts = D.make_prompts(4, 2048, **D.prompt_format(meta))  # evaluate.py's held-out prompts 0-3 at 2K
     ids, ans = prompts["input_ids"], prompts["answers"]
     with torch.no_grad():
         dense = E.predict(model, ids, ans.shape[1])
@@ -335,7 +335,7 @@ def test_shipped_model_answers_densely_and_sparsely():
     assert torch.equal(sparse, ans)
     assert len(st) == model.config.num_hidden_layers
     density = sum(r["density"] for r in st) / len(st)
-    assert density < 1.0
+    assert density < 0.6  # 0.40 when recorded (layers 0.50 / 0.38 / 0.41 / 0.32)
 
 
 def test_training_attention_fallback_matches_sdpa():
