@@ -135,6 +135,8 @@ def main() -> int:
                     help="sparsekit kernel(s), one configuration each (default auto: triton on the GPU; also flex)")
     ap.add_argument("--use-cache", action="store_true", help="fill a DynamicCache during prefill (+2 GiB per 16K tok)")
     ap.add_argument("--no-profile", action="store_true", help="skip the extra timed forward splitting the stages")
+    ap.add_argument("--no-defaults", action="store_true",
+                    help="skip the proxyattn-defaults configuration (only --gamma / --budget ones, and sdpa)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON output path")
     args = ap.parse_args()
@@ -155,7 +157,8 @@ def main() -> int:
     configs: list[tuple[str, dict[str, Any] | None]] = [("sdpa", None)]
     for kern in args.kernel:
         tag = "" if kern == "auto" else f"-{kern}"
-        configs.append((f"sparsekit{tag}", {"kernel": kern}))
+        if not args.no_defaults:
+            configs.append((f"sparsekit{tag}", {"kernel": kern}))
         for g in args.gamma:
             configs.append((f"sparsekit{tag}-gamma{g:g}", {"kernel": kern, "budget": {"gamma": g}}))
         for spec in args.budget:

@@ -148,3 +148,167 @@ def _proxy_scores_fwd(
         offs_j = j0 + tl.arange(0, FILL_CHUNK)
         tl.store(out_row + offs_j * stride_oj, tl.full([FILL_CHUNK], float("-inf"), dtype=tl.float32),
                  mask=offs_j < nKb)
+
+
+# ------------------------------------------------------------------------------------------------
+# split-K variant: the kv-blocks of a q-block are cut into splits of SPLIT_BLOCKS blocks, so that the
+# longest q-block (the last one under causal) no longer walks the whole sequence in one program.
+# Kernel 1 writes each split's per-row online (max, sum); kernel 2 combines them into the row lse and
+# max-pools its split's kv-blocks. Same results as _proxy_scores_fwd up to fp32 summation order.
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _row_geometry(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
+                  BLOCK_Q: tl.constexpr, CAUSAL: tl.constexpr):
+    # the sampled rows of q-block i and the key ranges they see (as in _proxy_scores_fwd)
+    start = i * BLOCK_Q
+    last = tl.minimum(start + BLOCK_Q, Nq) - 1
+    offs_s = tl.arange(0, BLOCK_S)
+    rows = last - offs_s * STRIDE
+    row_ok = (offs_s < N_SAMPLED) & (rows >= start)
+    rows = tl.maximum(rows, 0)
+    q_pos = rows + (Nk - Nq)
+    if CAUSAL:
+        n_back = tl.minimum(N_SAMPLED - 1, (last - start) // STRIDE)
+        key_end = tl.minimum(last + (Nk - Nq) + 1, Nk)
+        fast_end = tl.minimum(last - n_back * STRIDE + (Nk - Nq) + 1, Nk)
+    else:
+        key_end = Nk
+        fast_end = Nk
+    key_end = tl.maximum(key_end, 0)
+    fast_end = tl.maximum(fast_end, 0)
+    return rows, row_ok, q_pos, key_end, fast_end
+
+
+@triton.jit
+def _proxy_query(
+    Q, QP,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    G, Nq, QH, n_qb,
+    STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    # kernel 0: the proxy query of q-block i (mean of the group's QH heads over its sampled rows, rounded to
+    # the dot dtype) -> QP[bg, i, :, :]; rows outside the block are zeros
+    i = tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    b = pid_bg // G
+    g = pid_bg % G
+    rows, row_ok, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nq, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, False)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + b.to(tl.int64) * stride_qb + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
+    h0 = (g * QH).to(tl.int64)
+    qp = tl.zeros([BLOCK_S, HEAD_DIM], dtype=tl.float32)
+    for hh in range(0, QH):
+        qp += tl.load(q_ptrs + (h0 + hh) * stride_qh, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    qp = _round_to(qp / QH, QP.dtype.element_ty, UPCAST_DOT)
+    offs_s = tl.arange(0, BLOCK_S)
+    dst = QP + ((pid_bg.to(tl.int64) * n_qb + i) * BLOCK_S + offs_s[:, None]) * HEAD_DIM + offs_d[None, :]
+    tl.store(dst, qp)
+
+
+@triton.jit
+def _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr):
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    src = QP + ((pid_bg.to(tl.int64) * n_qb + i) * BLOCK_S + offs_s[:, None]) * HEAD_DIM + offs_d[None, :]
+    return tl.load(src)
+
+
+@triton.jit
+def _proxy_stats_split(
+    QP, K, M_PART, L_PART,
+    qk_scale,
+    stride_kb, stride_kg, stride_kn, stride_kd,
+    G, Nq, Nk, n_qb, n_split, SPLIT_BLOCKS,
+    STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    # kernel 1: online row max / sum of q-block i over the kv-tiles of split s -> M_PART/L_PART[bg, i, s, :]
+    i = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy q-blocks first
+    pid_bg = tl.program_id(1)
+    s = tl.program_id(2)
+    b = pid_bg // G
+    g = pid_bg % G
+    b64 = b.to(tl.int64)
+    rows, row_ok, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, CAUSAL)
+    TILES = SPLIT_BLOCKS * (BLOCK_K // BLOCK_N)
+    lo = s * TILES
+    n_tiles = tl.cdiv(key_end, BLOCK_N)
+    if lo < n_tiles:  # splits past the causal horizon are never read (kernel 2 stops at the horizon)
+        qp = _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S, HEAD_DIM)
+        hi = tl.minimum(lo + TILES, n_tiles)
+        n_fast = fast_end // BLOCK_N
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        k_base = K + b64 * stride_kb + g.to(tl.int64) * stride_kg + offs_n[:, None] * stride_kn \
+            + offs_d[None, :] * stride_kd
+        m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_S], dtype=tl.float32)
+        mid = tl.maximum(tl.minimum(hi, n_fast), lo)
+        m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, lo, mid, offs_n, q_pos, Nk, qk_scale,
+                              BLOCK_N, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, mid, hi, offs_n, q_pos, Nk, qk_scale,
+                              BLOCK_N, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        offs_s = tl.arange(0, BLOCK_S)
+        part = ((pid_bg.to(tl.int64) * n_qb + i) * n_split + s) * BLOCK_S + offs_s
+        tl.store(M_PART + part, m_i)
+        tl.store(L_PART + part, l_i)
+
+
+@triton.jit
+def _proxy_pool_split(
+    QP, K, M_PART, L_PART, OUT,
+    qk_scale,
+    stride_kb, stride_kg, stride_kn, stride_kd,
+    stride_ob, stride_og, stride_oi, stride_oj,
+    G, Nq, Nk, nKb, n_qb, n_split, SPLIT_BLOCKS,
+    STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    FILL_CHUNK: tl.constexpr,
+):
+    # kernel 2: row lse from every visible split's (max, sum), then max-pooled probabilities of the kv-blocks
+    # of split s (-inf past the causal horizon)
+    i = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    s = tl.program_id(2)
+    b = pid_bg // G
+    g = pid_bg % G
+    b64 = b.to(tl.int64)
+    g64 = g.to(tl.int64)
+    rows, row_ok, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, CAUSAL)
+    n_vis = tl.cdiv(key_end, BLOCK_K)
+    j_lo = s * SPLIT_BLOCKS
+    j_hi = tl.minimum(j_lo + SPLIT_BLOCKS, nKb)
+    out_row = OUT + b64 * stride_ob + g64 * stride_og + i.to(tl.int64) * stride_oi
+    if j_lo < n_vis:
+        # combine the visible splits' partial statistics (log2 space)
+        offs_s = tl.arange(0, BLOCK_S)
+        base = (pid_bg.to(tl.int64) * n_qb + i) * n_split * BLOCK_S + offs_s
+        n_vis_split = tl.cdiv(n_vis, SPLIT_BLOCKS)
+        m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+        for t in range(0, n_vis_split):
+            m_i = tl.maximum(m_i, tl.load(M_PART + base + t * BLOCK_S))
+        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+        l_i = tl.zeros([BLOCK_S], dtype=tl.float32)
+        for t in range(0, n_vis_split):
+            l_i += tl.load(L_PART + base + t * BLOCK_S) * tl.math.exp2(tl.load(M_PART + base + t * BLOCK_S) - m_safe)
+        lse = tl.where(row_ok & (l_i > 0.0), m_safe + tl.math.log2(l_i), float("inf"))
+        qp = _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S, HEAD_DIM)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        k_base = K + b64 * stride_kb + g64 * stride_kg + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_hi = tl.minimum(j_hi, n_vis)
+        n_fast_blocks = fast_end // BLOCK_K
+        mid = tl.maximum(tl.minimum(v_hi, n_fast_blocks), j_lo)
+        _pool_blocks(out_row, stride_oj, lse, qp, k_base, stride_kn, j_lo, mid, offs_n, q_pos, Nk, qk_scale,
+                     BLOCK_S, BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        _pool_blocks(out_row, stride_oj, lse, qp, k_base, stride_kn, mid, v_hi, offs_n, q_pos, Nk, qk_scale,
+                     BLOCK_S, BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+    # blocks of this split past the causal horizon: -inf
+    f_lo = tl.maximum(j_lo, n_vis)
+    for j0 in range(f_lo, j_hi, FILL_CHUNK):
+        offs_j = j0 + tl.arange(0, FILL_CHUNK)
+        tl.store(out_row + offs_j * stride_oj, tl.full([FILL_CHUNK], float("-inf"), dtype=tl.float32),
+                 mask=offs_j < j_hi)

@@ -55,11 +55,23 @@ CAPABILITIES = Capabilities(
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``)."""
+    """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``); ``split_blocks``
+    kv-blocks per split (``None``: chosen from the sequence, see ``split_blocks_for``; ``0``: no split, one
+    program walks all kv-blocks of its q-block)."""
 
     block_n: int
     num_warps: int
     num_stages: int
+    split_blocks: int | None = None
+
+
+def split_blocks_for(n_kb: int) -> int:
+    """kv-blocks per split: none up to 16 kv-blocks (one launch is cheapest), else splits of at least 8
+    blocks and at most 64 splits, so that the last q-blocks' key range is spread over many programs (one
+    program walking 1,000 kv-blocks twice is the critical path at 128K)."""
+    if n_kb <= 16:
+        return 0
+    return max(8, -(-n_kb // 64))
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: int) -> KernelConfig:
@@ -119,14 +131,14 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        unknown = set(config) - {"block_n", "num_warps", "num_stages"}
+        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks"}
         if unknown:
-            raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages): drop the "
-                             "unknown keys")
+            raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages, "
+                             "split_blocks): drop the unknown keys")
         cfg = replace(cfg, **dict(config))
     else:
         raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of block_n/num_warps/"
-                         "num_stages): pass one of those")
+                         "num_stages/split_blocks): pass one of those")
     bad = []
     if cfg.block_n < 16 or cfg.block_n & (cfg.block_n - 1) or block_k % cfg.block_n:
         bad.append(f"config.block_n={cfg.block_n} (supported: a power of two >= 16 dividing block_k={block_k}): "
@@ -135,6 +147,10 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
         bad.append(f"config.num_warps={cfg.num_warps} (supported: 1, 2, 4, 8, 16): pick one of those")
     if cfg.num_stages < 1:
         bad.append(f"config.num_stages={cfg.num_stages} (supported: >= 1): pick a positive number")
+    if cfg.split_blocks is not None and (isinstance(cfg.split_blocks, bool) or not isinstance(cfg.split_blocks, int)
+                                         or cfg.split_blocks < 0):
+        bad.append(f"config.split_blocks={cfg.split_blocks!r} (supported: None for automatic, 0 for no split, or a "
+                   "positive number of kv-blocks per split): pick one of those")
     if bad:
         raise ValueError("proxy_scores: unsupported config:\n  - " + "\n  - ".join(bad))
     return cfg
@@ -188,6 +204,10 @@ def proxy_scores(
 
     kp = proxy_keys(k, groups)  # [B, G, Nk, D]
     out = torch.empty((B, groups, n_qb, n_kb), dtype=torch.float32, device=q.device)
+    split = split_blocks_for(n_kb) if cfg.split_blocks is None else cfg.split_blocks
+    if split:
+        _launch_split(q, kp, out, scale, groups, stride, block_q, block_k, causal, cfg, split, n_sampled)
+        return out
     grid = (n_qb, B * groups)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _kernel._proxy_scores_fwd[grid](
@@ -204,3 +224,38 @@ def proxy_scores(
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out
+
+
+def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int, stride: int, block_q: int,
+                  block_k: int, causal: bool, cfg: KernelConfig, split: int, n_sampled: int) -> None:
+    """The split-K path (``kernel._proxy_query``, ``_proxy_stats_split``, ``_proxy_pool_split``). Extra memory:
+    the proxy queries ``[B * G, nQb, BLOCK_S, D]`` in the input dtype and two float32 ``[B * G, nQb, n_split,
+    BLOCK_S]`` buffers of per-split row statistics (at 1M tokens, G=1, stride 4: 67 MB and 2 x 67 MB)."""
+    B, Hq, Nq, D = q.shape
+    Nk = kp.shape[2]
+    BG = B * groups
+    n_qb, n_kb = out.shape[2], out.shape[3]
+    n_split = -(-n_kb // split)
+    block_s = _pow2_at_least(n_sampled)
+    qp = torch.empty((BG, n_qb, block_s, D), dtype=kp.dtype, device=q.device)
+    m_part = torch.empty((BG, n_qb, n_split, block_s), dtype=torch.float32, device=q.device)
+    l_part = torch.empty_like(m_part)
+    common = dict(STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=block_s, HEAD_DIM=D, BLOCK_Q=block_q)
+    dots = dict(BLOCK_N=cfg.block_n, BLOCK_K=block_k, CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
+                UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages)
+    qk_scale = scale * 1.4426950408889634  # log2(e) folded into the scale
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
+        _kernel._proxy_query[(n_qb, BG)](
+            q, qp, q.stride(0), q.stride(1), q.stride(2), q.stride(3), groups, Nq, Hq // groups, n_qb,
+            UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, num_warps=4, **common)
+        grid = (n_qb, BG, n_split)
+        _kernel._proxy_stats_split[grid](
+            qp, kp, m_part, l_part, qk_scale,
+            kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
+            groups, Nq, Nk, n_qb, n_split, split, **common, **dots)
+        _kernel._proxy_pool_split[grid](
+            qp, kp, m_part, l_part, out, qk_scale,
+            kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
+            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+            groups, Nq, Nk, n_kb, n_qb, n_split, split, **common, **dots, FILL_CHUNK=64)

@@ -66,11 +66,14 @@ def layout_of(scores, counts, Nq, Nk, bq, bk, causal, Hq, Hkv, D):
     return TopKMask().build(prob, BlockScores(scores, "mass"), Budget("count", counts))
 
 
+@pytest.mark.parametrize("split", [0, 2], ids=["one-program", "split-K-2"])
 @pytest.mark.parametrize("B,Hq,Hkv,G,Nq,Nk,D,bq,bk,stride,causal,dtype", CASES)
-def test_matches_twin_and_layouts_agree(B, Hq, Hkv, G, Nq, Nk, D, bq, bk, stride, causal, dtype):
+def test_matches_twin_and_layouts_agree(B, Hq, Hkv, G, Nq, Nk, D, bq, bk, stride, causal, dtype, split):
+    """Both kernel paths: one program per q-block (``split_blocks=0``, the default below 17 kv-blocks) and
+    split-K (kv-blocks cut into splits of 2: per-split row statistics, combined, then pooled)."""
     q, k = make_qk(Nq * 7 + Nk + D, B, Hq, Hkv, Nq, Nk, D, dtype)
     kw = dict(groups=G, stride=stride, block_q=bq, block_k=bk, causal=causal)
-    out = proxy_scores(q, k, **kw)
+    out = proxy_scores(q, k, **kw, config={"split_blocks": split})
     twin = proxy_scores_naive(q, k, **kw)  # float32 math on the same (upcast) inputs
     nQb, nKb = math.ceil(Nq / bq), math.ceil(Nk / bk)
     assert out.shape == (B, G, nQb, nKb) and out.dtype == torch.float32
@@ -117,6 +120,22 @@ def test_config_override_matches_default():
         proxy_scores(q, k, **kw, config={"block_n": 48})
     with pytest.raises(ValueError, match=r"config keys \['block_m'\]"):
         proxy_scores(q, k, **kw, config={"block_m": 16})
+    with pytest.raises(ValueError, match=r"config.split_blocks=-1 \(supported: None for automatic, 0 for no split"):
+        proxy_scores(q, k, **kw, config={"split_blocks": -1})
+
+
+def test_split_paths_agree_and_split_size_rule():
+    # every split size, including one kv-block per split and a split longer than the sequence
+    q, k = make_qk(9, 1, 8, 2, 300, 300, 32, torch.float32)
+    kw = dict(groups=1, stride=4, block_q=32, block_k=32)
+    ref = proxy_scores(q, k, **kw, config={"split_blocks": 0})
+    for split in (1, 3, 4, 50):
+        out = proxy_scores(q, k, **kw, config={"split_blocks": split})
+        assert torch.equal(torch.isneginf(out), torch.isneginf(ref))
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-8)
+    assert ps_op.split_blocks_for(16) == 0 and ps_op.split_blocks_for(17) == 8
+    assert ps_op.split_blocks_for(256) == 8 and ps_op.split_blocks_for(1024) == 16
+    assert ps_op.split_blocks_for(8192) == 128  # 1M tokens: 64 splits
 
 
 def test_not_supported_reasons_name_value_and_fix():
