@@ -53,7 +53,7 @@ def main() -> None:
             ref = op.proxy_scores(q, k, **kw, config={"split_blocks": 0})
             n_kb = ref.shape[-1]
             for sp in args.splits:
-                split = op.split_blocks_for(n_kb) if sp == "auto" else int(sp)
+                split = op.split_blocks_for(n_kb, G * ref.shape[2]) if sp == "auto" else int(sp)
                 cfg = {"split_blocks": split}
                 out = op.proxy_scores(q, k, **kw, config=cfg)
                 fin = torch.isfinite(ref)

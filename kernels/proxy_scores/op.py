@@ -56,7 +56,7 @@ CAPABILITIES = Capabilities(
 @dataclass(frozen=True)
 class KernelConfig:
     """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``); ``split_blocks``
-    kv-blocks per split (``None``: chosen from the sequence, see ``split_blocks_for``; ``0``: no split, one
+    kv-blocks per split (``None``: chosen from the shape, see ``split_blocks_for``; ``0``: no split, one
     program walks all kv-blocks of its q-block)."""
 
     block_n: int
@@ -65,13 +65,18 @@ class KernelConfig:
     split_blocks: int | None = None
 
 
-def split_blocks_for(n_kb: int) -> int:
-    """kv-blocks per split: none up to 16 kv-blocks (one launch is cheapest), else splits of at least 8
-    blocks and at most 64 splits, so that the last q-blocks' key range is spread over many programs (one
-    program walking 1,000 kv-blocks twice is the critical path at 128K)."""
-    if n_kb <= 16:
-        return 0
-    return max(8, -(-n_kb // 64))
+def split_blocks_for(n_kb: int, programs: int) -> int:
+    """kv-blocks per split for ``programs`` = B x G x nQb q-block programs: 32 when there are few programs and
+    long rows (>= 128 kv-blocks, <= 512 programs), else 0 (no split).
+
+    Measured on an H100 (bf16, D 128, stride 4; ``benchmarks/bench_proxy_split.py``,
+    ``proxy_split_h100_2026-11-28.json``): Llama shape (G=1) at 32K, 256 programs: 0.602 ms without a split,
+    0.444 ms with splits of 32 (the last q-block's 256 kv-blocks walked twice by one program were the critical
+    path); with >= 1,024 programs (Llama 128K, Qwen G=4 at 32K and 128K) the kernel is throughput-bound and
+    splitting gains nothing (5.08 vs 5.00 ms, 1.28 vs 1.26, 19.8 vs 21.0); at 8K (<= 256 programs, 64 kv-blocks)
+    the extra launches cost more than they save (0.150 vs 0.157-0.209 ms).
+    """
+    return 32 if n_kb >= 128 and programs <= 512 else 0
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: int) -> KernelConfig:
@@ -204,7 +209,7 @@ def proxy_scores(
 
     kp = proxy_keys(k, groups)  # [B, G, Nk, D]
     out = torch.empty((B, groups, n_qb, n_kb), dtype=torch.float32, device=q.device)
-    split = split_blocks_for(n_kb) if cfg.split_blocks is None else cfg.split_blocks
+    split = split_blocks_for(n_kb, B * groups * n_qb) if cfg.split_blocks is None else cfg.split_blocks
     if split:
         _launch_split(q, kp, out, scale, groups, stride, block_q, block_k, causal, cfg, split, n_sampled)
         return out
