@@ -1,4 +1,4 @@
-"""Proxy-score kernel: one program per q-block against split-K, on one GPU.
+"""Proxy-score kernel: one program per q-block against split-K and several q-blocks per program, on one GPU.
 
 Times ``sparsekit.kernels.proxy_scores.proxy_scores`` (bf16, D=128, blocks 128, stride 4, causal) for the
 Llama-3.1-8B shape (32/8 heads, G=1) and the Qwen2.5-7B shape (28/4 heads, G=4) at each N, with
@@ -31,7 +31,9 @@ SHAPES = {"llama-3.1-8b": (32, 8, 1), "qwen2.5-7b": (28, 4, 4)}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", nargs="+", default=["8k", "32k", "128k"])
-    ap.add_argument("--splits", nargs="+", default=["0", "auto", "4", "8", "16", "32"])
+    ap.add_argument("--splits", nargs="+", default=["0", "auto", "8", "32", "0:2", "0:4", "0:4:8"],
+                    help="configurations SPLIT[:Q_BLOCKS[:NUM_WARPS]]: split_blocks (or 'auto' for the default "
+                         "choice of split and q-blocks), q-blocks per program, warps")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -50,11 +52,20 @@ def main() -> None:
             q = torch.randn(1, Hq, N, 128, device=dev, dtype=torch.bfloat16, generator=gen)
             k = torch.randn(1, Hkv, N, 128, device=dev, dtype=torch.bfloat16, generator=gen)
             kw = dict(groups=G, stride=4, block_q=128, block_k=128, causal=True, checked=True)
-            ref = op.proxy_scores(q, k, **kw, config={"split_blocks": 0})
+            ref = op.proxy_scores(q, k, **kw, config={"split_blocks": 0, "q_blocks": 1})
             n_kb = ref.shape[-1]
             for sp in args.splits:
-                split = op.split_blocks_for(n_kb, G * ref.shape[2]) if sp == "auto" else int(sp)
-                cfg = {"split_blocks": split}
+                if sp == "auto":
+                    cfg = None
+                    split = op.split_blocks_for(n_kb, G * ref.shape[2])
+                else:
+                    parts = [int(x) for x in sp.split(":")]
+                    split = parts[0]
+                    cfg = {"split_blocks": split}
+                    if len(parts) > 1:
+                        cfg["q_blocks"] = parts[1]
+                    if len(parts) > 2:
+                        cfg["num_warps"] = parts[2]
                 out = op.proxy_scores(q, k, **kw, config=cfg)
                 fin = torch.isfinite(ref)
                 diff = float((out[fin] - ref[fin]).abs().max())
@@ -69,10 +80,10 @@ def main() -> None:
             "triton": triton.__version__, "python": platform.python_version(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     print(f"\n{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}")
-    print(f"{'shape':14s} {'N':>7s} {'split':>6s} {'blocks':>6s} {'ms':>9s} {'x split0':>9s} {'max|diff|':>10s}")
-    base = {(r["shape"], r["n"]): r["ms"] for r in rows if r["split_blocks"] == 0}
+    print(f"{'shape':14s} {'N':>7s} {'config':>7s} {'split':>6s} {'ms':>9s} {'x base':>9s} {'max|diff|':>10s}")
+    base = {(r["shape"], r["n"]): r["ms"] for r in rows if r["split"] == "0"}
     for r in rows:
-        print(f"{r['shape']:14s} {r['n']:7d} {r['split']:>6s} {r['split_blocks']:6d} {r['ms']:9.3f} "
+        print(f"{r['shape']:14s} {r['n']:7d} {r['split']:>7s} {r['split_blocks']:6d} {r['ms']:9.3f} "
               f"{base[(r['shape'], r['n'])] / r['ms']:9.2f} {r['max_abs_diff_vs_split0']:10.2e}"
               + ("" if r["same_inf_pattern"] else "  -inf MISMATCH"))
     if args.out:

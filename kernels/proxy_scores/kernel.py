@@ -72,38 +72,87 @@ def _pool_blocks(out_row, stride_oj, lse, q, k_base, stride_kn, lo, hi, offs_n, 
 
 
 @triton.jit
+def _key_range(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_Q: tl.constexpr,
+               CAUSAL: tl.constexpr):
+    # keys any sampled row of q-block i sees (key_end) and keys every one of them sees (fast_end)
+    start = i * BLOCK_Q
+    last = tl.minimum(start + BLOCK_Q, Nq) - 1
+    if CAUSAL:
+        n_back = tl.minimum(N_SAMPLED - 1, (last - start) // STRIDE)
+        key_end = tl.minimum(last + (Nk - Nq) + 1, Nk)
+        fast_end = tl.minimum(last - n_back * STRIDE + (Nk - Nq) + 1, Nk)
+    else:
+        key_end = Nk
+        fast_end = Nk
+    return tl.maximum(key_end, 0), tl.maximum(fast_end, 0)
+
+
+@triton.jit
+def _pool_blocks_multi(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, q, k_base, stride_kn, lo, hi,
+                       offs_n, q_pos, qk_scale, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr,
+                       BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, R: tl.constexpr,
+                       MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr,
+                       UPCAST_DOT: tl.constexpr):
+    # pass 2 for R q-blocks at once: kv-blocks [lo, hi), max over each q-block's sampled rows of 2^(s - lse);
+    # -inf where the kv-block lies past that q-block's causal horizon
+    SUB: tl.constexpr = BLOCK_K // BLOCK_N
+    for j in range(lo, hi):
+        row_max = tl.full([R * BLOCK_S], float("-inf"), dtype=tl.float32)
+        for t in tl.static_range(SUB):
+            start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
+            qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                              MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+            row_max = tl.maximum(row_max, tl.max(qk, 1))
+        v = row_max - lse
+        for r in tl.static_range(R):
+            ir = i0 + r
+            key_end_r, fast_end_r = _key_range(ir, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)
+            if ir < n_qb:
+                best = tl.max(tl.where(sub == r, v, float("-inf")), 0)
+                val = tl.where(j < tl.cdiv(key_end_r, BLOCK_K), tl.math.exp2(best), float("-inf"))
+                tl.store(out_base + ir.to(tl.int64) * stride_oi + j * stride_oj, val)
+
+
+@triton.jit
 def _proxy_scores_fwd(
     Q, K, OUT,
     qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kg, stride_kn, stride_kd,
     stride_ob, stride_og, stride_oi, stride_oj,
-    G, Nq, Nk, nKb, QH,
+    G, Nq, Nk, nKb, QH, n_qb,
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
-    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, FILL_CHUNK: tl.constexpr,
+    R: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    FILL_CHUNK: tl.constexpr,
 ):
+    # one program scores R consecutive q-blocks: their sampled rows form one [R * BLOCK_S, D] tile, so each kv-tile
+    # is loaded once for R q-blocks (R = 1: one q-block per program)
     # heavy q-blocks first: under causal the last q-blocks see the most keys
-    i = tl.num_programs(0) - 1 - tl.program_id(0)
+    p = tl.num_programs(0) - 1 - tl.program_id(0)
+    i0 = p * R
     pid_bg = tl.program_id(1)
     b = pid_bg // G
     g = pid_bg % G
     b64 = b.to(tl.int64)
     g64 = g.to(tl.int64)
 
-    # sampled rows: every STRIDE-th row counted back from the block's last row
-    start = i * BLOCK_Q
+    # sampled rows: every STRIDE-th row counted back from each block's last row
+    offs_m = tl.arange(0, R * BLOCK_S)
+    sub = offs_m // BLOCK_S
+    offs_s = offs_m % BLOCK_S
+    qi = i0 + sub
+    start = qi * BLOCK_Q
     last = tl.minimum(start + BLOCK_Q, Nq) - 1
-    offs_s = tl.arange(0, BLOCK_S)
     rows = last - offs_s * STRIDE
-    row_ok = (offs_s < N_SAMPLED) & (rows >= start)
-    rows = tl.maximum(rows, 0)
+    row_ok = (offs_s < N_SAMPLED) & (rows >= start) & (qi < n_qb)
+    rows = tl.minimum(tl.maximum(rows, 0), Nq - 1)
     offs_d = tl.arange(0, HEAD_DIM)
 
     # load the proxy query once: mean of the group's QH query heads, accumulated in fp32
     q_ptrs = Q + b64 * stride_qb + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
     h0 = (g * QH).to(tl.int64)
-    qp = tl.zeros([BLOCK_S, HEAD_DIM], dtype=tl.float32)
+    qp = tl.zeros([R * BLOCK_S, HEAD_DIM], dtype=tl.float32)
     for hh in range(0, QH):
         qp += tl.load(q_ptrs + (h0 + hh) * stride_qh, mask=row_ok[:, None], other=0.0).to(tl.float32)
     qp = _round_to(qp / QH, K.dtype.element_ty, UPCAST_DOT)
@@ -113,19 +162,13 @@ def _proxy_scores_fwd(
 
     # bottom-right causal: row r sits at position Nk - Nq + r
     q_pos = rows + (Nk - Nq)
-    if CAUSAL:
-        n_back = tl.minimum(N_SAMPLED - 1, (last - start) // STRIDE)
-        key_end = tl.minimum(last + (Nk - Nq) + 1, Nk)  # keys any sampled row sees
-        fast_end = tl.minimum(last - n_back * STRIDE + (Nk - Nq) + 1, Nk)  # keys every sampled row sees
-    else:
-        key_end = Nk
-        fast_end = Nk
-    key_end = tl.maximum(key_end, 0)
-    fast_end = tl.maximum(fast_end, 0)
+    i_last = tl.minimum(i0 + R, n_qb) - 1
+    key_end, fast_unused = _key_range(i_last, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys any row sees
+    key_unused, fast_end = _key_range(i0, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys every row sees
 
     # pass 1: row max and row sum
-    m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_S], dtype=tl.float32)
+    m_i = tl.full([R * BLOCK_S], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([R * BLOCK_S], dtype=tl.float32)
     n_fast_tiles = fast_end // BLOCK_N
     m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, 0, n_fast_tiles, offs_n, q_pos, Nk, qk_scale,
                           BLOCK_N, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
@@ -135,19 +178,24 @@ def _proxy_scores_fwd(
     lse = tl.where(row_ok & (l_i > 0.0), m_i + tl.math.log2(l_i), float("inf"))
 
     # pass 2: max-pooled probabilities per visible kv-block
-    out_row = OUT + b64 * stride_ob + g64 * stride_og + i.to(tl.int64) * stride_oi
+    out_base = OUT + b64 * stride_ob + g64 * stride_og
     n_vis = tl.cdiv(key_end, BLOCK_K)
     n_fast_blocks = fast_end // BLOCK_K
-    _pool_blocks(out_row, stride_oj, lse, qp, k_base, stride_kn, 0, n_fast_blocks, offs_n, q_pos, Nk, qk_scale,
-                 BLOCK_S, BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
-    _pool_blocks(out_row, stride_oj, lse, qp, k_base, stride_kn, n_fast_blocks, n_vis, offs_n, q_pos, Nk,
-                 qk_scale, BLOCK_S, BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+    _pool_blocks_multi(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, 0,
+                       n_fast_blocks, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K,
+                       R, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+    _pool_blocks_multi(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn,
+                       n_fast_blocks, n_vis, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
+                       BLOCK_K, R, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
 
-    # blocks past the causal horizon: -inf
-    for j0 in range(n_vis, nKb, FILL_CHUNK):
-        offs_j = j0 + tl.arange(0, FILL_CHUNK)
-        tl.store(out_row + offs_j * stride_oj, tl.full([FILL_CHUNK], float("-inf"), dtype=tl.float32),
-                 mask=offs_j < nKb)
+    # blocks past the causal horizon of every q-block of the program: -inf
+    for r in tl.static_range(R):
+        ir = i0 + r
+        if ir < n_qb:
+            for j0 in range(n_vis, nKb, FILL_CHUNK):
+                offs_j = j0 + tl.arange(0, FILL_CHUNK)
+                tl.store(out_base + ir.to(tl.int64) * stride_oi + offs_j * stride_oj,
+                         tl.full([FILL_CHUNK], float("-inf"), dtype=tl.float32), mask=offs_j < nKb)
 
 
 # ------------------------------------------------------------------------------------------------

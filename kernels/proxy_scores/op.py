@@ -57,12 +57,14 @@ CAPABILITIES = Capabilities(
 class KernelConfig:
     """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``); ``split_blocks``
     kv-blocks per split (``None``: chosen from the shape, see ``split_blocks_for``; ``0``: no split, one
-    program walks all kv-blocks of its q-block)."""
+    program walks all kv-blocks of its q-blocks); ``q_blocks`` q-blocks per program on the unsplit path
+    (``None``: ``q_blocks_for``)."""
 
     block_n: int
     num_warps: int
     num_stages: int
     split_blocks: int | None = None
+    q_blocks: int | None = None  # q-blocks per program without a split (None: q_blocks_for; 1, 2 or 4)
 
 
 def split_blocks_for(n_kb: int, programs: int) -> int:
@@ -77,6 +79,18 @@ def split_blocks_for(n_kb: int, programs: int) -> int:
     the extra launches cost more than they save (0.150 vs 0.157-0.209 ms).
     """
     return 32 if n_kb >= 128 and programs <= 512 else 0
+
+
+def q_blocks_for(programs: int, block_s: int) -> int:
+    """q-blocks per program on the unsplit path: 2 when there are >= 256 programs (so halving them keeps the GPU
+    busy) and the row tile stays <= 128 rows, else 1.
+
+    Measured on an H100 (``proxy_qblocks_h100_2026-11-28.json``): 2 q-blocks per program load each kv-tile once
+    for both, and the throughput-bound cases speed up: Llama shape 128K 5.06 -> 2.82 ms, Qwen shape (G=4) 128K
+    19.6 -> 10.8 ms, 32K 1.29 -> 1.00 ms, 8K 0.176 -> 0.139 ms; 4 q-blocks per program were slower than 2
+    everywhere (3.61, 13.9, 1.35 ms), and with 64 programs (Llama 8K) 2 were slower than 1 (0.168 vs 0.151 ms).
+    """
+    return 2 if programs >= 256 and 2 * block_s <= 128 else 1
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: int) -> KernelConfig:
@@ -136,14 +150,14 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks"}
+        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks", "q_blocks"}
         if unknown:
             raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages, "
-                             "split_blocks): drop the unknown keys")
+                             "split_blocks, q_blocks): drop the unknown keys")
         cfg = replace(cfg, **dict(config))
     else:
         raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of block_n/num_warps/"
-                         "num_stages/split_blocks): pass one of those")
+                         "num_stages/split_blocks/q_blocks): pass one of those")
     bad = []
     if cfg.block_n < 16 or cfg.block_n & (cfg.block_n - 1) or block_k % cfg.block_n:
         bad.append(f"config.block_n={cfg.block_n} (supported: a power of two >= 16 dividing block_k={block_k}): "
@@ -156,6 +170,8 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
                                          or cfg.split_blocks < 0):
         bad.append(f"config.split_blocks={cfg.split_blocks!r} (supported: None for automatic, 0 for no split, or a "
                    "positive number of kv-blocks per split): pick one of those")
+    if cfg.q_blocks not in (None, 1, 2, 4):
+        bad.append(f"config.q_blocks={cfg.q_blocks!r} (supported: None for automatic, 1, 2, 4): pick one of those")
     if bad:
         raise ValueError("proxy_scores: unsupported config:\n  - " + "\n  - ".join(bad))
     return cfg
@@ -213,7 +229,8 @@ def proxy_scores(
     if split:
         _launch_split(q, kp, out, scale, groups, stride, block_q, block_k, causal, cfg, split, n_sampled)
         return out
-    grid = (n_qb, B * groups)
+    R = q_blocks_for(B * groups * n_qb, _pow2_at_least(n_sampled)) if cfg.q_blocks is None else cfg.q_blocks
+    grid = (-(-n_qb // R), B * groups)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _kernel._proxy_scores_fwd[grid](
             q, kp, out,
@@ -221,9 +238,9 @@ def proxy_scores(
             q.stride(0), q.stride(1), q.stride(2), q.stride(3),
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            groups, Nq, Nk, n_kb, Hq // groups,
+            groups, Nq, Nk, n_kb, Hq // groups, n_qb,
             STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=_pow2_at_least(n_sampled),
-            HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k,
+            HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k, R=R,
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,

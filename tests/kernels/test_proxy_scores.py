@@ -66,14 +66,15 @@ def layout_of(scores, counts, Nq, Nk, bq, bk, causal, Hq, Hkv, D):
     return TopKMask().build(prob, BlockScores(scores, "mass"), Budget("count", counts))
 
 
-@pytest.mark.parametrize("split", [0, 2], ids=["one-program", "split-K-2"])
+@pytest.mark.parametrize("split", [(0, 1), (0, 2), (2, None)], ids=["one-qblock", "two-qblocks", "split-K-2"])
 @pytest.mark.parametrize("B,Hq,Hkv,G,Nq,Nk,D,bq,bk,stride,causal,dtype", CASES)
 def test_matches_twin_and_layouts_agree(B, Hq, Hkv, G, Nq, Nk, D, bq, bk, stride, causal, dtype, split):
-    """Both kernel paths: one program per q-block (``split_blocks=0``, the default at these sizes) and
-    split-K (kv-blocks cut into splits of 2: per-split row statistics, combined, then pooled)."""
+    """Every kernel path: one program per q-block, one program per two q-blocks (their sampled rows in one tile;
+    ragged q-block counts leave the second slot empty), and split-K (kv-blocks cut into splits of 2: per-split
+    row statistics, combined, then pooled)."""
     q, k = make_qk(Nq * 7 + Nk + D, B, Hq, Hkv, Nq, Nk, D, dtype)
     kw = dict(groups=G, stride=stride, block_q=bq, block_k=bk, causal=causal)
-    out = proxy_scores(q, k, **kw, config={"split_blocks": split})
+    out = proxy_scores(q, k, **kw, config={"split_blocks": split[0], "q_blocks": split[1]})
     twin = proxy_scores_naive(q, k, **kw)  # float32 math on the same (upcast) inputs
     nQb, nKb = math.ceil(Nq / bq), math.ceil(Nk / bk)
     assert out.shape == (B, G, nQb, nKb) and out.dtype == torch.float32
@@ -133,6 +134,13 @@ def test_split_paths_agree_and_split_size_rule():
         out = proxy_scores(q, k, **kw, config={"split_blocks": split})
         assert torch.equal(torch.isneginf(out), torch.isneginf(ref))
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-8)
+    for R in (2, 4):  # q-blocks per program (10 q-blocks: the last program is partly empty)
+        out = proxy_scores(q, k, **kw, config={"split_blocks": 0, "q_blocks": R})
+        assert torch.equal(torch.isneginf(out), torch.isneginf(ref))
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-8)
+    assert ps_op.q_blocks_for(1024, 32) == 2 and ps_op.q_blocks_for(64, 32) == 1 and ps_op.q_blocks_for(1024, 128) == 1
+    with pytest.raises(ValueError, match=r"config.q_blocks=3 \(supported: None for automatic, 1, 2, 4\)"):
+        proxy_scores(q, k, **kw, config={"q_blocks": 3})
     # measured rule (op.split_blocks_for): split only long rows with few programs
     assert ps_op.split_blocks_for(256, 256) == 32  # Llama 32K, G=1
     assert ps_op.split_blocks_for(1024, 1024) == 0 and ps_op.split_blocks_for(256, 1024) == 0  # 128K; G=4
