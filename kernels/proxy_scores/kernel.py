@@ -1,8 +1,10 @@
 """Triton kernel of ProxyAttn's proxy block scores (``@triton.jit`` code only; see ``op.py``).
 
-One program scores one q-block of one (batch, group). It builds the group's proxy query once (the mean
-of the group's query heads, fused into the loads of the sampled rows: every ``STRIDE``-th row counted back
-from the block's last row), then walks the kv-tiles its rows can see twice:
+One program of ``_proxy_scores_fwd`` scores ``R`` consecutive q-blocks (``R`` = 1 or 2, see
+``op.q_blocks_for``; their sampled rows form one tile, so every kv-tile is loaded once for ``R`` q-blocks) of one
+(batch, group). It builds the group's proxy query once (the mean of the group's query heads, fused into the loads
+of the sampled rows: every ``STRIDE``-th row counted back from the block's last row), then walks the kv-tiles its
+rows can see twice:
 
 * pass 1: per-row online max and sum of ``exp2(q . k * qk_scale)`` (fp32, log2 space) -> row lse;
 * pass 2: per kv-block, the row-wise max of the raw scores (no exponentials), minus the row lse, max over
@@ -11,6 +13,10 @@ from the block's last row), then walks the kv-tiles its rows can see twice:
 
 Tiles wholly below the causal diagonal of every sampled row and inside the sequence run without a mask.
 Blocks past the q-block's causal horizon are written ``-inf``. No token-level score matrix is stored.
+
+With few programs and long rows (``op.split_blocks_for``) the split-K kernels below run instead: the proxy
+queries once (``_proxy_query``), per-split row statistics (``_proxy_stats_split``), then the combined lse and
+per-split pooling (``_proxy_pool_split``).
 """
 
 from __future__ import annotations
