@@ -37,3 +37,17 @@ def _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
             ok = ok & (offs_kn[None, :] <= q_pos[:, None])
         qk = tl.where(ok, qk, float("-inf"))
     return qk
+
+
+@triton.jit
+def _combine_split_lse(M_PART, L_PART, part, n_split, row_ok, BLOCK: tl.constexpr):
+    """Row lse (log2 units) from ``n_split`` partial online-softmax statistics stored ``BLOCK`` apart from
+    ``part`` (max in ``M_PART``, sum in ``L_PART``); ``+inf`` for invalid rows and rows that saw no key."""
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    for s in range(0, n_split):
+        m = tl.maximum(m, tl.load(M_PART + part + s * BLOCK))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    l_sum = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(0, n_split):
+        l_sum += tl.load(L_PART + part + s * BLOCK) * tl.math.exp2(tl.load(M_PART + part + s * BLOCK) - m_safe)
+    return tl.where(row_ok & (l_sum > 0.0), m_safe + tl.math.log2(l_sum), float("inf"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton_common import _dot, _tile_scores
+from .._triton_common import _combine_split_lse, _dot, _tile_scores
 
 
 @triton.jit
@@ -133,14 +133,7 @@ def _lbm_block_mass(
     # combine every split's row max / row sum into the row lse
     offs_m = tl.arange(0, BLOCK_M)
     part = pid_bh.to(tl.int64) * N_SPLIT * BLOCK_M + offs_m
-    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for s in range(0, N_SPLIT):
-        m = tl.maximum(m, tl.load(M_PART + part + s * BLOCK_M))
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    l = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for s in range(0, N_SPLIT):
-        l += tl.load(L_PART + part + s * BLOCK_M) * tl.math.exp2(tl.load(M_PART + part + s * BLOCK_M) - m_safe)
-    lse = tl.where(row_ok & (l > 0.0), m_safe + tl.math.log2(l), float("inf"))
+    lse = _combine_split_lse(M_PART, L_PART, part, N_SPLIT, row_ok, BLOCK_M)
 
     # per kv-block mass over this split's key range
     b = pid_bh // H

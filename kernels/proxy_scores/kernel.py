@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton_common import _dot, _tile_scores
+from .._triton_common import _combine_split_lse, _dot, _tile_scores
 
 
 @triton.jit
@@ -221,15 +221,7 @@ def _row_geometry(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOC
     row_ok = (offs_s < N_SAMPLED) & (rows >= start)
     rows = tl.maximum(rows, 0)
     q_pos = rows + (Nk - Nq)
-    if CAUSAL:
-        n_back = tl.minimum(N_SAMPLED - 1, (last - start) // STRIDE)
-        key_end = tl.minimum(last + (Nk - Nq) + 1, Nk)
-        fast_end = tl.minimum(last - n_back * STRIDE + (Nk - Nq) + 1, Nk)
-    else:
-        key_end = Nk
-        fast_end = Nk
-    key_end = tl.maximum(key_end, 0)
-    fast_end = tl.maximum(fast_end, 0)
+    key_end, fast_end = _key_range(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)
     return rows, row_ok, q_pos, key_end, fast_end
 
 
@@ -340,15 +332,7 @@ def _proxy_pool_split(
         # combine the visible splits' partial statistics (log2 space)
         offs_s = tl.arange(0, BLOCK_S)
         base = (pid_bg.to(tl.int64) * n_qb + i) * n_split * BLOCK_S + offs_s
-        n_vis_split = tl.cdiv(n_vis, SPLIT_BLOCKS)
-        m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
-        for t in range(0, n_vis_split):
-            m_i = tl.maximum(m_i, tl.load(M_PART + base + t * BLOCK_S))
-        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-        l_i = tl.zeros([BLOCK_S], dtype=tl.float32)
-        for t in range(0, n_vis_split):
-            l_i += tl.load(L_PART + base + t * BLOCK_S) * tl.math.exp2(tl.load(M_PART + base + t * BLOCK_S) - m_safe)
-        lse = tl.where(row_ok & (l_i > 0.0), m_safe + tl.math.log2(l_i), float("inf"))
+        lse = _combine_split_lse(M_PART, L_PART, base, tl.cdiv(n_vis, SPLIT_BLOCKS), row_ok, BLOCK_S)
         qp = _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
