@@ -2,9 +2,10 @@
 
 ``proxy_scores`` validates its inputs with ``not_supported_reasons`` (one ``ValueError`` listing every
 problem), forms the proxy keys with one torch reduction (the mean of each group's KV heads; skipped when
-a group has a single KV head) and launches ``kernel._proxy_scores_fwd``, which averages the query heads
-itself while loading the sampled rows. Allocated: the output ``[B, G, nQb, nKb]`` float32 and, when
-``Hkv > G``, the proxy keys ``[B, G, Nk, D]`` in the input dtype.
+a group has a single KV head) and launches ``kernel._proxy_scores_fwd`` (``q_blocks_for`` q-blocks per program),
+which averages the query heads itself while loading the sampled rows. Allocated: the output ``[B, G, nQb, nKb]``
+float32 and, when ``Hkv > G``, the proxy keys ``[B, G, Nk, D]`` in the input dtype. With few programs and long
+rows (``split_blocks_for``) it launches the three split-K kernels instead (``_launch_split``, a few MiB more).
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
                   block_k: int, causal: bool, cfg: KernelConfig, split: int, n_sampled: int) -> None:
     """The split-K path (``kernel._proxy_query``, ``_proxy_stats_split``, ``_proxy_pool_split``). Extra memory:
     the proxy queries ``[B * G, nQb, BLOCK_S, D]`` in the input dtype and two float32 ``[B * G, nQb, n_split,
-    BLOCK_S]`` buffers of per-split row statistics (at 1M tokens, G=1, stride 4: 67 MB and 2 x 67 MB)."""
+    BLOCK_S]`` buffers of per-split row statistics (4 MiB and 2 x 4 MiB at the automatic rule's limit of 512
+    programs at 32K; 67 MB and 2 x 67 MB if a split is forced at 1M tokens, G=1, stride 4, 32 blocks per split)."""
     B, Hq, Nq, D = q.shape
     Nk = kp.shape[2]
     BG = B * groups
