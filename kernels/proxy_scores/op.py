@@ -253,8 +253,8 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
                   block_k: int, causal: bool, cfg: KernelConfig, split: int, n_sampled: int) -> None:
     """The split-K path (``kernel._proxy_query``, ``_proxy_stats_split``, ``_proxy_pool_split``). Extra memory:
     the proxy queries ``[B * G, nQb, BLOCK_S, D]`` in the input dtype and two float32 ``[B * G, nQb, n_split,
-    BLOCK_S]`` buffers of per-split row statistics (4 MiB and 2 x 4 MiB at the automatic rule's limit of 512
-    programs at 32K; 67 MB and 2 x 67 MB if a split is forced at 1M tokens, G=1, stride 4, 32 blocks per split)."""
+    BLOCK_S]`` buffers of per-split row statistics: under the automatic rule (<= 512 programs, splits of 32
+    blocks; Llama shape, stride 4) at most 4 MiB and 2 x 1 MiB (64K); 2 MiB and 2 x 256 KiB at 32K."""
     B, Hq, Nq, D = q.shape
     Nk = kp.shape[2]
     BG = B * groups
