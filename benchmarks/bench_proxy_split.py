@@ -1,11 +1,12 @@
 """Proxy-score kernel: one program per q-block against split-K and several q-blocks per program, on one GPU.
 
 Times ``sparsekit.kernels.proxy_scores.proxy_scores`` (bf16, D=128, blocks 128, stride 4, causal) for the
-Llama-3.1-8B shape (32/8 heads, G=1) and the Qwen2.5-7B shape (28/4 heads, G=4) at each N, with
-``split_blocks`` = 0 (one program walks all kv-blocks of its q-block: the last q-block is the critical path)
-and split-K sizes (the kv-blocks of a q-block cut into splits; per-split row statistics combined, then pooled),
-including the automatic choice (``split_blocks_for``). Every split output is checked against the
-``split_blocks=0`` output (max abs difference; -inf pattern identical). Prints a table, writes JSON.
+Llama-3.1-8B shape (32/8 heads, G=1) and the Qwen2.5-7B shape (28/4 heads, G=4) at each N, for each
+``--splits`` configuration ``SPLIT[:Q_BLOCKS[:NUM_WARPS]]``: no split (one program walks all kv-blocks of its
+q-blocks), split-K sizes (the kv-blocks of a q-block cut into splits; per-split row statistics combined, then
+pooled), q-blocks per program, and ``auto`` (``split_blocks_for`` / ``q_blocks_for``). Every output is checked
+against the one-q-block, no-split output (max abs difference, recorded as ``max_abs_diff_vs_split0``; -inf
+pattern identical); the first configuration is the timing baseline. Prints a table, writes JSON.
 
     python benchmarks/bench_proxy_split.py --n 8k 32k 128k --out benchmarks/results/proxy_split_h100.json
 """

@@ -59,25 +59,6 @@ def _row_stats(m_i, l_i, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_sca
 
 
 @triton.jit
-def _pool_blocks(out_row, stride_oj, lse, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale,
-                 BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                 IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    # pass 2: kv-blocks [lo, hi): max over the block's keys and the sampled rows of p = 2^(s - lse)
-    SUB: tl.constexpr = BLOCK_K // BLOCK_N
-    for j in range(lo, hi):
-        row_max = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
-        for t in tl.static_range(SUB):
-            start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
-            qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
-                              MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
-            row_max = tl.maximum(row_max, tl.max(qk, 1))
-        # invalid rows carry lse = +inf, so they contribute 2^-inf = 0
-        best = tl.max(row_max - lse, 0)
-        tl.store(out_row + j * stride_oj, tl.math.exp2(best))
-
-
-@triton.jit
 def _key_range(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_Q: tl.constexpr,
                CAUSAL: tl.constexpr):
     # keys any sampled row of q-block i sees (key_end) and keys every one of them sees (fast_end)
@@ -94,11 +75,40 @@ def _key_range(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_Q
 
 
 @triton.jit
-def _pool_blocks_multi(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, q, k_base, stride_kn, lo, hi,
-                       offs_n, q_pos, qk_scale, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr,
-                       BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, R: tl.constexpr,
-                       MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr,
-                       UPCAST_DOT: tl.constexpr):
+def _sampled_rows(i0, n_qb, Nq, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
+                  BLOCK_Q: tl.constexpr, R: tl.constexpr):
+    # the sampled rows of q-blocks i0 .. i0 + R - 1 as one [R * BLOCK_S] vector: every STRIDE-th row counted back
+    # from each block's last row; sub = which of the R q-blocks a row belongs to
+    offs_m = tl.arange(0, R * BLOCK_S)
+    sub = offs_m // BLOCK_S
+    offs_s = offs_m % BLOCK_S
+    qi = i0 + sub
+    start = qi * BLOCK_Q
+    last = tl.minimum(start + BLOCK_Q, Nq) - 1
+    rows = last - offs_s * STRIDE
+    row_ok = (offs_s < N_SAMPLED) & (rows >= start) & (qi < n_qb)
+    rows = tl.minimum(tl.maximum(rows, 0), Nq - 1)
+    return rows, row_ok, sub
+
+
+@triton.jit
+def _mean_query(Q, stride_qb, stride_qh, stride_qm, stride_qd, b64, g, QH, rows, row_ok, DTYPE: tl.constexpr,
+                M: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # the proxy query of the rows: mean of the group's QH query heads (fp32 accumulation), rounded to the dot dtype
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + b64 * stride_qb + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
+    h0 = (g * QH).to(tl.int64)
+    qp = tl.zeros([M, HEAD_DIM], dtype=tl.float32)
+    for hh in range(0, QH):
+        qp += tl.load(q_ptrs + (h0 + hh) * stride_qh, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    return _round_to(qp / QH, DTYPE, UPCAST_DOT)
+
+
+@triton.jit
+def _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, q, k_base, stride_kn, lo, hi,
+                 offs_n, q_pos, qk_scale, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
+                 BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, R: tl.constexpr,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
     # pass 2 for R q-blocks at once: kv-blocks [lo, hi), max over each q-block's sampled rows of 2^(s - lse);
     # -inf where the kv-block lies past that q-block's causal horizon
     SUB: tl.constexpr = BLOCK_K // BLOCK_N
@@ -109,10 +119,10 @@ def _pool_blocks_multi(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, su
             qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
                               MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
             row_max = tl.maximum(row_max, tl.max(qk, 1))
-        v = row_max - lse
+        v = row_max - lse  # invalid rows carry lse = +inf: they contribute 2^-inf = 0
         for r in tl.static_range(R):
             ir = i0 + r
-            key_end_r, fast_end_r = _key_range(ir, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)
+            key_end_r, _ = _key_range(ir, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # loop-invariant
             if ir < n_qb:
                 best = tl.max(tl.where(sub == r, v, float("-inf")), 0)
                 val = tl.where(j < tl.cdiv(key_end_r, BLOCK_K), tl.math.exp2(best), float("-inf"))
@@ -143,25 +153,11 @@ def _proxy_scores_fwd(
     b64 = b.to(tl.int64)
     g64 = g.to(tl.int64)
 
-    # sampled rows: every STRIDE-th row counted back from each block's last row
-    offs_m = tl.arange(0, R * BLOCK_S)
-    sub = offs_m // BLOCK_S
-    offs_s = offs_m % BLOCK_S
-    qi = i0 + sub
-    start = qi * BLOCK_Q
-    last = tl.minimum(start + BLOCK_Q, Nq) - 1
-    rows = last - offs_s * STRIDE
-    row_ok = (offs_s < N_SAMPLED) & (rows >= start) & (qi < n_qb)
-    rows = tl.minimum(tl.maximum(rows, 0), Nq - 1)
+    rows, row_ok, sub = _sampled_rows(i0, n_qb, Nq, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, R)
+    # load the proxy query once
+    qp = _mean_query(Q, stride_qb, stride_qh, stride_qm, stride_qd, b64, g, QH, rows, row_ok, K.dtype.element_ty,
+                     R * BLOCK_S, HEAD_DIM, UPCAST_DOT)
     offs_d = tl.arange(0, HEAD_DIM)
-
-    # load the proxy query once: mean of the group's QH query heads, accumulated in fp32
-    q_ptrs = Q + b64 * stride_qb + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
-    h0 = (g * QH).to(tl.int64)
-    qp = tl.zeros([R * BLOCK_S, HEAD_DIM], dtype=tl.float32)
-    for hh in range(0, QH):
-        qp += tl.load(q_ptrs + (h0 + hh) * stride_qh, mask=row_ok[:, None], other=0.0).to(tl.float32)
-    qp = _round_to(qp / QH, K.dtype.element_ty, UPCAST_DOT)
 
     offs_n = tl.arange(0, BLOCK_N)
     k_base = K + b64 * stride_kb + g64 * stride_kg + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
@@ -169,8 +165,8 @@ def _proxy_scores_fwd(
     # bottom-right causal: row r sits at position Nk - Nq + r
     q_pos = rows + (Nk - Nq)
     i_last = tl.minimum(i0 + R, n_qb) - 1
-    key_end, fast_unused = _key_range(i_last, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys any row sees
-    key_unused, fast_end = _key_range(i0, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys every row sees
+    key_end, _ = _key_range(i_last, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys any row sees
+    _, fast_end = _key_range(i0, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys every row sees
 
     # pass 1: row max and row sum
     m_i = tl.full([R * BLOCK_S], float("-inf"), dtype=tl.float32)
@@ -187,10 +183,10 @@ def _proxy_scores_fwd(
     out_base = OUT + b64 * stride_ob + g64 * stride_og
     n_vis = tl.cdiv(key_end, BLOCK_K)
     n_fast_blocks = fast_end // BLOCK_K
-    _pool_blocks_multi(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, 0,
+    _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, 0,
                        n_fast_blocks, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K,
                        R, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
-    _pool_blocks_multi(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn,
+    _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn,
                        n_fast_blocks, n_vis, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
                        BLOCK_K, R, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
 
@@ -214,15 +210,10 @@ def _proxy_scores_fwd(
 def _row_geometry(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
                   BLOCK_Q: tl.constexpr, CAUSAL: tl.constexpr):
     # the sampled rows of q-block i and the key ranges they see (as in _proxy_scores_fwd)
-    start = i * BLOCK_Q
-    last = tl.minimum(start + BLOCK_Q, Nq) - 1
-    offs_s = tl.arange(0, BLOCK_S)
-    rows = last - offs_s * STRIDE
-    row_ok = (offs_s < N_SAMPLED) & (rows >= start)
-    rows = tl.maximum(rows, 0)
+    rows, row_ok, sub = _sampled_rows(i, i + 1, Nq, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, 1)
     q_pos = rows + (Nk - Nq)
     key_end, fast_end = _key_range(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)
-    return rows, row_ok, q_pos, key_end, fast_end
+    return rows, row_ok, sub, q_pos, key_end, fast_end
 
 
 @triton.jit
@@ -239,14 +230,10 @@ def _proxy_query(
     pid_bg = tl.program_id(1)
     b = pid_bg // G
     g = pid_bg % G
-    rows, row_ok, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nq, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, False)
+    rows, row_ok, sub = _sampled_rows(i, n_qb, Nq, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, 1)
+    qp = _mean_query(Q, stride_qb, stride_qh, stride_qm, stride_qd, b.to(tl.int64), g, QH, rows, row_ok,
+                     QP.dtype.element_ty, BLOCK_S, HEAD_DIM, UPCAST_DOT)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = Q + b.to(tl.int64) * stride_qb + rows[:, None].to(tl.int64) * stride_qm + offs_d[None, :] * stride_qd
-    h0 = (g * QH).to(tl.int64)
-    qp = tl.zeros([BLOCK_S, HEAD_DIM], dtype=tl.float32)
-    for hh in range(0, QH):
-        qp += tl.load(q_ptrs + (h0 + hh) * stride_qh, mask=row_ok[:, None], other=0.0).to(tl.float32)
-    qp = _round_to(qp / QH, QP.dtype.element_ty, UPCAST_DOT)
     offs_s = tl.arange(0, BLOCK_S)
     dst = QP + ((pid_bg.to(tl.int64) * n_qb + i) * BLOCK_S + offs_s[:, None]) * HEAD_DIM + offs_d[None, :]
     tl.store(dst, qp)
@@ -277,7 +264,7 @@ def _proxy_stats_split(
     b = pid_bg // G
     g = pid_bg % G
     b64 = b.to(tl.int64)
-    rows, row_ok, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, CAUSAL)
+    rows, row_ok, sub, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, CAUSAL)
     TILES = SPLIT_BLOCKS * (BLOCK_K // BLOCK_N)
     lo = s * TILES
     n_tiles = tl.cdiv(key_end, BLOCK_N)
@@ -323,7 +310,7 @@ def _proxy_pool_split(
     g = pid_bg % G
     b64 = b.to(tl.int64)
     g64 = g.to(tl.int64)
-    rows, row_ok, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, CAUSAL)
+    rows, row_ok, sub, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, CAUSAL)
     n_vis = tl.cdiv(key_end, BLOCK_K)
     j_lo = s * SPLIT_BLOCKS
     j_hi = tl.minimum(j_lo + SPLIT_BLOCKS, nKb)
@@ -340,10 +327,13 @@ def _proxy_pool_split(
         v_hi = tl.minimum(j_hi, n_vis)
         n_fast_blocks = fast_end // BLOCK_K
         mid = tl.maximum(tl.minimum(v_hi, n_fast_blocks), j_lo)
-        _pool_blocks(out_row, stride_oj, lse, qp, k_base, stride_kn, j_lo, mid, offs_n, q_pos, Nk, qk_scale,
-                     BLOCK_S, BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
-        _pool_blocks(out_row, stride_oj, lse, qp, k_base, stride_kn, mid, v_hi, offs_n, q_pos, Nk, qk_scale,
-                     BLOCK_S, BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        out_base = OUT + b64 * stride_ob + g64 * stride_og
+        _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, j_lo, mid,
+                     offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1,
+                     False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, mid, v_hi,
+                     offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1,
+                     True, CAUSAL, IEEE_DOT, UPCAST_DOT)
     # blocks of this split past the causal horizon: -inf
     f_lo = tl.maximum(j_lo, n_vis)
     for j0 in range(f_lo, j_hi, FILL_CHUNK):

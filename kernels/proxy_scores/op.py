@@ -226,11 +226,12 @@ def proxy_scores(
 
     kp = proxy_keys(k, groups)  # [B, G, Nk, D]
     out = torch.empty((B, groups, n_qb, n_kb), dtype=torch.float32, device=q.device)
+    block_s = _pow2_at_least(n_sampled)
     split = split_blocks_for(n_kb, B * groups * n_qb) if cfg.split_blocks is None else cfg.split_blocks
     if split:
-        _launch_split(q, kp, out, scale, groups, stride, block_q, block_k, causal, cfg, split, n_sampled)
+        _launch_split(q, kp, out, scale, groups, stride, block_q, block_k, causal, cfg, split, n_sampled, block_s)
         return out
-    R = q_blocks_for(B * groups * n_qb, _pow2_at_least(n_sampled)) if cfg.q_blocks is None else cfg.q_blocks
+    R = q_blocks_for(B * groups * n_qb, block_s) if cfg.q_blocks is None else cfg.q_blocks
     grid = (-(-n_qb // R), B * groups)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _kernel._proxy_scores_fwd[grid](
@@ -240,7 +241,7 @@ def proxy_scores(
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
             groups, Nq, Nk, n_kb, Hq // groups, n_qb,
-            STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=_pow2_at_least(n_sampled),
+            STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=block_s,
             HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k, R=R,
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
@@ -250,7 +251,7 @@ def proxy_scores(
 
 
 def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int, stride: int, block_q: int,
-                  block_k: int, causal: bool, cfg: KernelConfig, split: int, n_sampled: int) -> None:
+                  block_k: int, causal: bool, cfg: KernelConfig, split: int, n_sampled: int, block_s: int) -> None:
     """The split-K path (``kernel._proxy_query``, ``_proxy_stats_split``, ``_proxy_pool_split``). Extra memory:
     the proxy queries ``[B * G, nQb, BLOCK_S, D]`` in the input dtype and two float32 ``[B * G, nQb, n_split,
     BLOCK_S]`` buffers of per-split row statistics: under the automatic rule (<= 512 programs, splits of 32
@@ -260,7 +261,6 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
     BG = B * groups
     n_qb, n_kb = out.shape[2], out.shape[3]
     n_split = -(-n_kb // split)
-    block_s = _pow2_at_least(n_sampled)
     qp = torch.empty((BG, n_qb, block_s, D), dtype=kp.dtype, device=q.device)
     m_part = torch.empty((BG, n_qb, n_split, block_s), dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
