@@ -292,6 +292,11 @@ def test_evaluate_tiny_writes_json(tiny_run, tmp_path):
     # the model card fills from the two JSON files
     card = _load("make_card").fill(json.loads((out / "train_log.json").read_text()), saved)
     assert "| 256 |" in card and "streaming local=2" in card and "{" not in card.split("```")[2]
+    assert "fused needles" in card and "`SEP n(key, value)`" in card  # train.py's default format is described
+    # the accuracy-vs-density plot of the same result
+    png = tmp_path / "accuracy_density.png"
+    _load("plot").plot(saved, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_capture_block_mass_sums_to_one():
