@@ -70,18 +70,13 @@ SWEEP_CONFIGS = [
 
 # (name, config) timed by --variants; None = the default config (the reference of max_abs_diff)
 VARIANTS = [
-    ("default", None),
-    ("128x128_w8_s4", KernelConfig(128, 128, 8, 4)),
-    ("128x128_w8_s5", KernelConfig(128, 128, 8, 5)),
-    ("128x128_w8_s3_tma", KernelConfig(128, 128, 8, 3, use_tma=True)),
-    ("128x128_w8_s4_tma", KernelConfig(128, 128, 8, 4, use_tma=True)),
-    ("128x128_w8_s5_tma", KernelConfig(128, 128, 8, 5, use_tma=True)),
-    ("128x128_w8_s3_tmadev", KernelConfig(128, 128, 8, 3, use_tma=True, tma_descriptor="device")),
-    ("128x128_w8_s5_tmadev", KernelConfig(128, 128, 8, 5, use_tma=True, tma_descriptor="device")),
-    ("128x64_w8_s3", KernelConfig(128, 64, 8, 3)),
-    ("128x64_w8_s3_tma", KernelConfig(128, 64, 8, 3, use_tma=True)),
-    ("128x64_w8_s5_tma", KernelConfig(128, 64, 8, 5, use_tma=True)),
-    ("64x64_w4_s3_tma", KernelConfig(64, 64, 4, 3, use_tma=True)),  # 2 CTAs/SM (low density)
+    ("default", None),  # default_config, then short_sequence_config (one loop + host TMA at Nk <= 32K)
+    ("two_loops_128x128_w8_s5", KernelConfig(128, 128, 8, 5)),
+    ("two_loops_128x128_w8_s5_tma", KernelConfig(128, 128, 8, 5, use_tma=True)),
+    ("one_loop_128x128_w8_s3_tma", KernelConfig(128, 128, 8, 3, use_tma=True, one_loop=True)),
+    ("one_loop_128x128_w8_s3", KernelConfig(128, 128, 8, 3, one_loop=True)),
+    ("one_loop_128x128_w8_s3_tmadev", KernelConfig(128, 128, 8, 3, use_tma=True, tma_descriptor="device",
+                                                   one_loop=True)),
 ]
 
 
@@ -334,7 +329,7 @@ def run_variants(n, q, k, v, out, rep, args, rows, flex_ms: dict, cudnn_ms) -> N
         flops = 4.0 * pairs * D * HQ
         ref = None
         for name, c in VARIANTS:
-            used = c or default_config(D, DTYPE, BLOCK, BLOCK)
+            used = c or bs_op.short_sequence_config(default_config(D, DTYPE, BLOCK, BLOCK), D, k, v, q.device)
 
             def fn(c=c):
                 return block_sparse_attention(q, k, v, counts, idx, block_q=BLOCK, block_k=BLOCK, causal=True,
@@ -442,6 +437,7 @@ def main() -> None:
         date=_dt.datetime.now().isoformat(timespec="seconds"),
         shape=dict(B=B, Hq=HQ, Hkv=HKV, D=D, block=BLOCK, dtype=str(DTYPE)),
         default_config=default_config(D, DTYPE, BLOCK, BLOCK).__dict__,
+        default_rule=f"Nk <= {bs_op.ONE_LOOP_MAX_NK}: short_sequence_config (one loop, host TMA, 3 stages)",
         config_override=args.config,
         variants=[(name, (c or default_config(D, DTYPE, BLOCK, BLOCK)).__dict__) for name, c in VARIANTS]
         if args.variants else None,

@@ -9,6 +9,10 @@ in two phases:
 * masked phase: the remaining blocks (diagonal / sequence end / anything the fast test rejected):
   causal + ragged mask, fully-masked tiles skipped.
 
+With ``ONE_LOOP`` (``KernelConfig.one_loop``) the program instead walks all kept tiles in one loop and
+applies the mask only to tiles that reach past the first row's position or the sequence end (a
+warp-uniform branch), saving the second loop's pipeline fill.
+
 Online softmax runs in fp32 in log2 space (``log2(e)`` folded into ``qk_scale``). K/V of query head
 ``h`` come from KV head ``h // GROUP`` through strides (never repeated in memory).
 
@@ -82,10 +86,46 @@ def _first_masked_slot(idx_row, stride_is, count, fast_end, nKb, MAX_K,
 
 
 @triton.jit
+def _masked_tile(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, kv_row0, start_n,
+                 k_len, q_pos, offs_n, qk_scale, apply_mask,
+                 CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                 TMA: tl.constexpr, TMA_ZERO_V: tl.constexpr):
+    # one kv tile with masked loads (rows >= k_len read as 0) and, when `apply_mask`, the causal / length
+    # mask on the scores; rows that saw no key yet keep m = -inf and are shifted by 0 (p = 0, alpha = 0)
+    offs_kn = start_n + offs_n
+    k_ok = offs_kn < k_len
+    if TMA:
+        k = k_base.load([kv_row0 + start_n, 0])  # rows >= k_len: scores masked below
+    else:
+        k = tl.load(k_base + start_n * stride_kn, mask=k_ok[:, None], other=0.0)
+    qk = _dot(q, tl.trans(k), None, IEEE_DOT, UPCAST_DOT)
+    qk = qk * qk_scale
+    if apply_mask:
+        ok = k_ok[None, :]
+        if CAUSAL:
+            ok = ok & (offs_kn[None, :] <= q_pos[:, None])
+        qk = tl.where(ok, qk, float("-inf"))
+    m_ij = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_ij == float("-inf"), 0.0, m_ij)
+    p = tl.math.exp2(qk - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if TMA:
+        v = v_base.load([kv_row0 + start_n, 0])
+        if TMA_ZERO_V:  # p = 0 there, but 0 * (NaN / inf garbage) would not be 0
+            v = tl.where(k_ok[:, None], v, tl.zeros_like(v))
+    else:
+        v = tl.load(v_base + start_n * stride_vn, mask=k_ok[:, None], other=0.0)
+    acc = _dot(p.to(v.dtype), v, acc, IEEE_DOT, UPCAST_DOT)
+    return acc, l_i, m_ij
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q,
                     k_base, v_base, stride_kn, stride_vn, kv_row0,
                     idx_row, stride_is, lo, hi, nKb,
-                    k_len, q_pos, last_key, offs_n, qk_scale,
+                    k_len, q_pos, last_key, fast_end, offs_n, qk_scale,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB: tl.constexpr,
                     MASKED: tl.constexpr, CAUSAL: tl.constexpr, POS_SCALE: tl.constexpr,
                     IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -98,36 +138,18 @@ def _attn_fwd_inner(acc, l_i, m_i, q,
         j = tl.minimum(tl.maximum(j, 0), nKb - 1)
         start_n = j * BLOCK_K + (it % SUB) * BLOCK_N
         start_n = tl.multiple_of(start_n, BLOCK_N)
-        if MASKED:
+        if MASKED == 2:
+            # one loop for every kept tile: the causal / length mask only where a key can be invisible to a
+            # row (a warp-uniform branch on this tile's position), so the pipeline runs through the diagonal
+            acc, l_i, m_i = _masked_tile(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, kv_row0, start_n,
+                                         k_len, q_pos, offs_n, qk_scale, start_n + BLOCK_N > fast_end,
+                                         CAUSAL, IEEE_DOT, UPCAST_DOT, TMA, TMA_ZERO_V)
+        elif MASKED:
             # diagonal / sequence-end block: mask, skip tiles no row can see
             if start_n <= last_key:
-                offs_kn = start_n + offs_n
-                k_ok = offs_kn < k_len
-                if TMA:
-                    k = k_base.load([kv_row0 + start_n, 0])  # rows >= k_len: scores masked below
-                else:
-                    k = tl.load(k_base + start_n * stride_kn, mask=k_ok[:, None], other=0.0)
-                qk = _dot(q, tl.trans(k), None, IEEE_DOT, UPCAST_DOT)
-                qk = qk * qk_scale
-                ok = k_ok[None, :]
-                if CAUSAL:
-                    ok = ok & (offs_kn[None, :] <= q_pos[:, None])
-                qk = tl.where(ok, qk, float("-inf"))
-                m_ij = tl.maximum(m_i, tl.max(qk, 1))
-                # rows that saw no key yet keep m = -inf: shift by 0 instead (p = 0, alpha = 0)
-                m_safe = tl.where(m_ij == float("-inf"), 0.0, m_ij)
-                p = tl.math.exp2(qk - m_safe[:, None])
-                alpha = tl.math.exp2(m_i - m_safe)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None]
-                if TMA:
-                    v = v_base.load([kv_row0 + start_n, 0])
-                    if TMA_ZERO_V:  # p = 0 there, but 0 * (NaN / inf garbage) would not be 0
-                        v = tl.where(k_ok[:, None], v, tl.zeros_like(v))
-                else:
-                    v = tl.load(v_base + start_n * stride_vn, mask=k_ok[:, None], other=0.0)
-                acc = _dot(p.to(v.dtype), v, acc, IEEE_DOT, UPCAST_DOT)
-                m_i = m_ij
+                acc, l_i, m_i = _masked_tile(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_vn, kv_row0,
+                                             start_n, k_len, q_pos, offs_n, qk_scale, True,
+                                             CAUSAL, IEEE_DOT, UPCAST_DOT, TMA, TMA_ZERO_V)
         else:
             # steady state: no mask
             if TMA:
@@ -173,6 +195,7 @@ def _block_sparse_attn_fwd(
     CAUSAL: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
     RETURN_LSE: tl.constexpr, POS_SCALE: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
     IDX_CHUNK: tl.constexpr, TMA: tl.constexpr, TMA_ZERO_V: tl.constexpr,
+    ONE_LOOP: tl.constexpr,
 ):
     # heavy rows first: grid is (B*Hq, n_m_tiles); the last q-tiles (most kept blocks under
     # causal) get the lowest linear program ids, and all heads of one tile launch together
@@ -237,24 +260,30 @@ def _block_sparse_attn_fwd(
         last_key = k_len - 1
 
     SUB: tl.constexpr = BLOCK_K // BLOCK_N
-    n_fast = _first_masked_slot(idx_row, stride_is, count, fast_end, nKb, MAX_K, BLOCK_K, IDX_CHUNK)
-
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # blocks below the diagonal and inside the sequence: no mask
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, kv_row0,
-                                    idx_row, stride_is, 0, n_fast * SUB, nKb,
-                                    k_len, q_pos, last_key, offs_n, qk_scale,
-                                    BLOCK_N, BLOCK_K, SUB, False, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT,
-                                    TMA != 0, TMA_ZERO_V)
-    # diagonal block / sequence end: mask
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, kv_row0,
-                                    idx_row, stride_is, n_fast * SUB, count * SUB, nKb,
-                                    k_len, q_pos, last_key, offs_n, qk_scale,
-                                    BLOCK_N, BLOCK_K, SUB, True, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT,
-                                    TMA != 0, TMA_ZERO_V)
+    if ONE_LOOP:
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, kv_row0,
+                                        idx_row, stride_is, 0, count * SUB, nKb,
+                                        k_len, q_pos, last_key, fast_end, offs_n, qk_scale,
+                                        BLOCK_N, BLOCK_K, SUB, 2, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT,
+                                        TMA != 0, TMA_ZERO_V)
+    else:
+        n_fast = _first_masked_slot(idx_row, stride_is, count, fast_end, nKb, MAX_K, BLOCK_K, IDX_CHUNK)
+        # blocks below the diagonal and inside the sequence: no mask
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, kv_row0,
+                                        idx_row, stride_is, 0, n_fast * SUB, nKb,
+                                        k_len, q_pos, last_key, fast_end, offs_n, qk_scale,
+                                        BLOCK_N, BLOCK_K, SUB, 0, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT,
+                                        TMA != 0, TMA_ZERO_V)
+        # diagonal block / sequence end: mask
+        acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_vn, kv_row0,
+                                        idx_row, stride_is, n_fast * SUB, count * SUB, nKb,
+                                        k_len, q_pos, last_key, fast_end, offs_n, qk_scale,
+                                        BLOCK_N, BLOCK_K, SUB, 1, CAUSAL, POS_SCALE, IEEE_DOT, UPCAST_DOT,
+                                        TMA != 0, TMA_ZERO_V)
 
     # epilogue: rows that saw no key (or are padding) -> 0 and lse -inf
     row_ok = (offs_m < q_len) & (l_i > 0.0)

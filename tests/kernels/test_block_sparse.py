@@ -224,22 +224,30 @@ def _make_inputs(c: Case):
 
 
 @lru_cache(maxsize=None)
-def _run_case(c: Case):
+def _run_case(c: Case, one_loop: bool = False):
     q, k, v, counts, idx = _make_inputs(c)
     ql = torch.tensor(c.q_lens, device=DEVICE) if c.q_lens is not None else None
     kl = torch.tensor(c.k_lens, device=DEVICE, dtype=torch.int32) if c.k_lens is not None else None
     qd, kd, vd = (t.to(DEVICE, c.dtype) for t in (q, k, v))
     out = poisoned(qd.shape, c.dtype)
     cfg = None if c.config is None else dict(block_m=c.config[0], block_n=c.config[1])
+    if one_loop:
+        cfg = dict(cfg or {}, one_loop=True)
     o, lse = block_sparse_attention(qd, kd, vd, counts.to(DEVICE), idx.to(DEVICE), block_q=c.bq, block_k=c.bk,
                                     causal=c.causal, q_lens=ql, k_lens=kl, return_lse=True, out=out, config=cfg)
     assert o.data_ptr() == out.data_ptr()
     return (q, k, v, counts, idx), o.cpu(), lse.cpu()
 
 
+# every case runs twice: the default two loops (mask-free blocks, then masked ones) and the single loop
+# that masks only the tiles that need it (KernelConfig.one_loop)
+ONE_LOOP = pytest.mark.parametrize("one_loop", [False, True], ids=["two_loops", "one_loop"])
+
+
+@ONE_LOOP
 @pytest.mark.parametrize("c", CASES, ids=[c.name for c in CASES])
-def test_matches_dense(c: Case):
-    (q, k, v, counts, idx), o, lse = _run_case(c)
+def test_matches_dense(c: Case, one_loop):
+    (q, k, v, counts, idx), o, lse = _run_case(c, one_loop)
     assert not torch.isnan(o).any(), "output rows left unwritten (NaN poison survived)"
     assert o.dtype == c.dtype and lse.dtype == torch.float32
     mask = dense_mask(c.B, c.Hq, c.Nq, c.Nk, c.bq, c.bk, counts, idx, causal=c.causal, q_lens=c.q_lens,
@@ -257,9 +265,10 @@ def test_matches_dense(c: Case):
     assert torch.isneginf(lse[empty]).all()
 
 
+@ONE_LOOP
 @pytest.mark.parametrize("c", CASES, ids=[c.name for c in CASES])
-def test_matches_naive(c: Case):
-    (q, k, v, counts, idx), o, lse = _run_case(c)
+def test_matches_naive(c: Case, one_loop):
+    (q, k, v, counts, idx), o, lse = _run_case(c, one_loop)
     qr, kr, vr = (t.to(c.dtype) for t in (q, k, v))
     ql = torch.tensor(c.q_lens) if c.q_lens is not None else None
     kl = torch.tensor(c.k_lens) if c.k_lens is not None else None
@@ -442,14 +451,16 @@ def _cfg_dict(c: Case, **kw):
     return cfg
 
 
+@ONE_LOOP
 @pytest.mark.parametrize("mode", ["host", "device"])
 @pytest.mark.parametrize("c", TMA_CASES, ids=[c.name for c in TMA_CASES])
-def test_tma_matches_pointer_path(c: Case, mode):
-    (q, k, v, counts, idx), o_ref, lse_ref = _run_case(c)
+def test_tma_matches_pointer_path(c: Case, mode, one_loop):
+    (q, k, v, counts, idx), o_ref, lse_ref = _run_case(c, one_loop)
     ql = torch.tensor(c.q_lens, device=DEVICE) if c.q_lens is not None else None
     kl = torch.tensor(c.k_lens, device=DEVICE, dtype=torch.int32) if c.k_lens is not None else None
     qd, kd, vd = (t.to(DEVICE, c.dtype) for t in (q, k, v))
-    cfg = bs_op._resolve_config(_cfg_dict(c, use_tma=True, tma_descriptor=mode), c.D, c.dtype, c.bq, c.bk)
+    cfg = bs_op._resolve_config(_cfg_dict(c, use_tma=True, tma_descriptor=mode, one_loop=one_loop), c.D, c.dtype,
+                                c.bq, c.bk)
     want = bs_op.TMA_HOST if mode == "host" else bs_op.TMA_DEVICE
     assert bs_op.tma_mode(cfg, kd, vd) == want
     o, lse = block_sparse_attention(qd, kd, vd, counts.to(DEVICE), idx.to(DEVICE), block_q=c.bq, block_k=c.bk,
@@ -564,3 +575,42 @@ def test_unordered_indices_and_multi_chunk_scan(monkeypatch, chunk):
     torch.testing.assert_close(o_sorted.cpu(), nv, rtol=1e-5, atol=2e-6)
     fin = torch.isfinite(nv_lse)
     torch.testing.assert_close(lse.cpu()[fin], nv_lse[fin], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# the default config of short sequences on a Hopper GPU: one loop with host TMA
+
+
+def test_short_sequence_config_selection():
+    base = bs_op.default_config(128, torch.bfloat16, 128, 128)
+    cuda = torch.device("cuda")
+
+    def pick(nk, *, k=None, cap=(9, 0), interpret=False, device=cuda, d=128, cfg=base):
+        k = torch.empty(1, 8, nk, d, dtype=torch.bfloat16) if k is None else k
+        return bs_op.short_sequence_config(cfg, d, k, k, device, interpret=interpret, capability=cap)
+
+    short = pick(bs_op.ONE_LOOP_MAX_NK)
+    assert (short.one_loop, short.use_tma, short.tma_descriptor, short.num_stages) == (True, True, "host", 3)
+    assert (short.block_m, short.block_n, short.num_warps) == (base.block_m, base.block_n, base.num_warps)
+    assert pick(bs_op.ONE_LOOP_MAX_NK + 1) == base  # long rows: the two-loop 5-stage default
+    assert pick(4096, cap=(8, 0)) == base  # no TMA before Hopper
+    assert pick(4096, interpret=True) == base
+    assert pick(4096, device=torch.device("cpu")) == base
+    # K/V of [B, N, H, D] memory seen as [B, H, N, D] (transformers' layout): no host descriptor -> default
+    bnhd = torch.empty(2, 4096, 8, 128, dtype=torch.bfloat16).transpose(1, 2)
+    assert pick(4096, k=bnhd) == base
+    assert pick(4096, d=64, cfg=bs_op.default_config(64, torch.bfloat16, 128, 128)).one_loop is False
+
+
+def test_explicit_config_is_never_replaced(monkeypatch):
+    """short_sequence_config only rewrites the default: an explicit config runs as given."""
+    calls = []
+    monkeypatch.setattr(bs_op, "short_sequence_config", lambda cfg, *a, **kw: calls.append(cfg) or cfg)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=gen).to(DEVICE) for _ in range(3))
+    counts, idx = make_layout(1, 2, 64, 64, 16, 16, causal=True, kind="full", gen=gen)
+    kw = dict(block_q=16, block_k=16)
+    block_sparse_attention(q, k, v, counts.to(DEVICE), idx.to(DEVICE), **kw)
+    assert len(calls) == 1
+    block_sparse_attention(q, k, v, counts.to(DEVICE), idx.to(DEVICE), **kw, config=dict(one_loop=True))
+    assert len(calls) == 1
