@@ -10,6 +10,7 @@ from torch import Tensor
 
 from sparsekit import AttentionProblem, BlockScores, Budget, Budgeter
 from sparsekit.kernels.last_block_mass.naive import last_block_mass_naive
+from sparsekit.kernels.mass_budget.naive import budget_from_count, mass_budget_naive
 from sparsekit.stages import non_negative_int, positive_int, unit_fraction
 
 from .estimator import choose_impl, impl_choice
@@ -46,8 +47,10 @@ class DynamicBudget(Budgeter):
     and at most all visible blocks. ``gamma=1`` keeps everything (dense).
 
     ``impl``: how the last block's mass is computed: ``"auto"`` (Triton on CUDA, torch elsewhere),
-    ``"torch"`` (KV-head chunks bounded by ``step_mb``) or ``"triton"``. The rest is a handful of
-    vectorized ops on ``[B, Hq, nKb]`` / ``[B, Hq, nQb]`` tensors, with no host synchronisation.
+    ``"torch"`` (KV-head chunks bounded by ``step_mb``) or ``"triton"``. The rest (sort, running sum, count,
+    per-q-block counts) runs, with the Triton mass, as one Triton launch (``sparsekit.kernels.mass_budget``,
+    up to ``MAX_BLOCKS`` kv-blocks), else as a handful of vectorized torch ops on ``[B, Hq, nKb]`` /
+    ``[B, Hq, nQb]`` tensors; no host synchronisation either way.
     """
 
     name: ClassVar[str] = "dynamic"
@@ -61,20 +64,27 @@ class DynamicBudget(Budgeter):
 
     def allocate(self, problem: AttentionProblem, scores: BlockScores | None) -> Budget:
         _, _, visible = problem.block_bounds()  # [B, nQb]
-        n_last = visible[:, -1:]  # [B, 1]: blocks the last q-block sees
-        if self.gamma >= 1.0:
-            count = n_last.expand(problem.B, problem.Hq)
-        else:
-            mass = last_block_mass(problem, self.step_mb, self.impl)  # [B, Hq, nKb]
-            csum = mass.sort(-1, descending=True).values.cumsum(-1)
-            count = torch.minimum((csum < self.gamma).sum(-1) + 1, n_last)  # smallest count reaching gamma
-        # Results written straight into float32 / int32 outputs (``out=``): no cast ops. The float32 quotient of
-        # two integers below 2**24 is the float64 one rounded to float32 (both divisions round correctly).
-        ratio = torch.div(count, n_last, out=count.new_empty(count.shape, dtype=torch.float32))  # [B, Hq]
-        # ceil(r_h * visible_i) in exact integer arithmetic, then clamped to [min_blocks, visible_i]
-        n = n_last[:, :, None]
-        per_block = (count[:, :, None] * visible[:, None, :] + (n - 1)).div_(n, rounding_mode="floor")
         min_blocks = -(-self.min_budget // problem.block_k)
-        per_block = torch.minimum(per_block.clamp_min_(min_blocks), visible[:, None, :],
-                                  out=torch.empty_like(per_block, dtype=torch.int32))
-        return Budget("count", per_block, {"ratio": ratio, "count_last": count.to(torch.int32)})
+        if self.gamma >= 1.0:
+            per_block, ratio, count = budget_from_count(visible[:, -1:].expand(problem.B, problem.Hq), visible,
+                                                        min_blocks)
+        else:
+            mass = last_block_mass(problem, self.step_mb, self.impl)  # [B, Hq, nKb] float32
+            kernel = self.impl == "triton" or (self.impl == "auto" and mass.is_cuda)
+            if kernel and not _mass_budget_reasons(mass, visible):
+                from sparsekit.kernels.mass_budget import op
+
+                per_block, ratio, count = op.mass_budget(mass, visible, self.gamma, min_blocks)  # one launch
+            else:
+                per_block, ratio, count = mass_budget_naive(mass, visible, self.gamma, min_blocks)
+        return Budget("count", per_block, {"ratio": ratio, "count_last": count})
+
+
+def _mass_budget_reasons(mass: Tensor, visible: Tensor) -> list[str]:
+    from sparsekit.kernels._checks import triton_installed
+
+    if not triton_installed():
+        return ["triton is not installed"]
+    from sparsekit.kernels.mass_budget import op
+
+    return op.not_supported_reasons(mass, visible)
