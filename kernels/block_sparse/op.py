@@ -476,8 +476,9 @@ def block_sparse_attention(
     ``out``: optional preallocated output ``[B, Hq, Nq, D]`` of q's dtype and device (any strides with
     a contiguous last dim); every row of it is written (padded / empty rows with 0).
     ``config``: optional tiling override (``KernelConfig`` or dict with any of ``block_m``, ``block_n``,
-    ``num_warps``, ``num_stages``, ``use_tma``, ``tma_descriptor``), for tuning; default from
-    ``default_config``.
+    ``num_warps``, ``num_stages``, ``use_tma``, ``tma_descriptor``, ``one_loop``), for tuning, used as given;
+    default: ``default_config``, then ``short_sequence_config`` (one loop with host TMA at ``Nk <= 32K`` on
+    Hopper).
     Returns ``out`` or ``(out, lse)`` with ``lse`` float32 ``[B, Hq, Nq]``.
     """
     reasons = not_supported_reasons(
