@@ -153,10 +153,19 @@ def short_sequence_config(cfg: KernelConfig, head_dim: int, k: Tensor, v: Tensor
         return cfg
     if k.shape[2] > ONE_LOOP_MAX_NK:
         return cfg
-    alt = replace(cfg, num_stages=3, use_tma=True, tma_descriptor="host", one_loop=True)
-    if tma_config_reasons(alt, device, interpret=False, capability=capability) or tma_mode(alt, k, v) != TMA_HOST:
+    key = (cfg, device.type, device.index, capability)
+    if key not in _SHORT_SEQUENCE_ALT:  # per config and device: the capability / triton API checks
+        alt = replace(cfg, num_stages=3, use_tma=True, tma_descriptor="host", one_loop=True)
+        ok = not tma_config_reasons(alt, device, interpret=False, capability=capability)
+        _SHORT_SEQUENCE_ALT[key] = alt if ok else None
+    alt = _SHORT_SEQUENCE_ALT[key]
+    if alt is None or tma_mode(alt, k, v) != TMA_HOST:  # per call: K/V strides and alignment
         return cfg
     return alt
+
+
+# (default config, device type, device index, capability override) -> short_sequence_config's config, or None
+_SHORT_SEQUENCE_ALT: dict[tuple, KernelConfig | None] = {}
 
 
 def not_supported_reasons(
