@@ -1,9 +1,15 @@
-"""``@triton.jit`` helpers shared by the planning kernels (``proxy_scores``, ``last_block_mass``)."""
+"""Helpers shared by the kernels: ``@triton.jit`` code of the planning kernels (``proxy_scores``,
+``last_block_mass``) and the launchers' tile-size arithmetic."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+def pow2_at_least(n: int, floor: int = 16) -> int:
+    """The smallest power of two >= ``n``, at least ``floor`` (``tl.arange`` extents are powers of two)."""
+    return max(floor, 1 << max(0, (n - 1).bit_length()))
 
 
 @triton.jit

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
+from .._triton_common import pow2_at_least
 from . import kernel as _kernel
 
 
@@ -84,10 +85,6 @@ def split_blocks_for(heads: int, n_kb: int) -> int:
     """kv-blocks per key split: about ``TARGET_PROGRAMS`` programs, at most ``MAX_SPLITS`` splits per head."""
     splits = max(1, min(MAX_SPLITS, TARGET_PROGRAMS // max(heads, 1), n_kb))
     return math.ceil(n_kb / splits)
-
-
-def _pow2_at_least(n: int, floor: int = 16) -> int:
-    return max(floor, 1 << max(0, (n - 1).bit_length()))
 
 
 def not_supported_reasons(q: Tensor, k: Tensor, *, block_q: int = 128, block_k: int = 128) -> list[str]:
@@ -177,7 +174,7 @@ def last_block_mass(
     n_kb = math.ceil(Nk / block_k)
     split_blocks = cfg.split_blocks or split_blocks_for(B * Hq, n_kb)
     n_split = math.ceil(n_kb / split_blocks)
-    block_m = _pow2_at_least(rows)
+    block_m = pow2_at_least(rows)
 
     out = torch.empty((B, Hq, n_kb), dtype=torch.float32, device=q.device)
     m_part = torch.empty((B, Hq, n_split, block_m), dtype=torch.float32, device=q.device)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._checks import interpreted
+from .._triton_common import pow2_at_least
 from . import kernel as _kernel
 
 #: True when the kernel runs under the Triton interpreter (TRITON_INTERPRET=1 at import).
@@ -57,12 +58,12 @@ def mass_budget(mass: Tensor, visible: Tensor, gamma: float, min_blocks: int) ->
     if per_block.numel() == 0:
         return per_block, ratio, count
     mass = mass if mass.stride(-1) == 1 else mass.contiguous()
-    block_k = max(16, 1 << max(0, (nKb - 1).bit_length()))
+    block_k = pow2_at_least(nKb)
     _kernel._mass_budget[(B * Hq,)](
         mass, visible, per_block, ratio, count, nKb, nQb, Hq, float(gamma), int(min_blocks),
         mass.stride(0), mass.stride(1), visible.stride(0), visible.stride(1), per_block.stride(0),
         per_block.stride(1),
-        BLOCK_K=block_k, BLOCK_Q=min(1024, max(16, 1 << max(0, (nQb - 1).bit_length()))),
+        BLOCK_K=block_k, BLOCK_Q=min(1024, pow2_at_least(nQb)),
         num_warps=8 if block_k >= 4096 else 4,
     )
     return per_block, ratio, count

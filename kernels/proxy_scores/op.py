@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
+from .._triton_common import pow2_at_least
 from . import kernel as _kernel
 
 
@@ -105,10 +106,6 @@ def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: i
     if n_sampled > 64:
         warps = 8
     return KernelConfig(min(bn, block_k), warps, stages)
-
-
-def _pow2_at_least(n: int, floor: int = 16) -> int:
-    return max(floor, 1 << max(0, (n - 1).bit_length()))
 
 
 def not_supported_reasons(q: Tensor, k: Tensor, *, groups: int = 1, stride: int = 4, block_q: int = 128,
@@ -226,7 +223,7 @@ def proxy_scores(
 
     kp = proxy_keys(k, groups)  # [B, G, Nk, D]
     out = torch.empty((B, groups, n_qb, n_kb), dtype=torch.float32, device=q.device)
-    block_s = _pow2_at_least(n_sampled)
+    block_s = pow2_at_least(n_sampled)
     split = split_blocks_for(n_kb, B * groups * n_qb) if cfg.split_blocks is None else cfg.split_blocks
     if split:
         _launch_split(q, kp, out, scale, groups, stride, block_q, block_k, causal, cfg, split, n_sampled, block_s)

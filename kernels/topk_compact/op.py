@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .._checks import interpreted
+from .._triton_common import pow2_at_least
 from . import kernel as _kernel
 
 
@@ -48,7 +49,7 @@ def topk_compact(asc: Tensor, rank: Tensor, count: Tensor, out: Tensor | None = 
     asc = asc.contiguous()
     rank = rank.contiguous()
     assert out.dtype == torch.int32 and out.stride(-1) == 1 and tuple(out.shape) == (B, Hq, n, K)
-    BLOCK = max(16, min(block, triton_next_pow2(K)))
+    BLOCK = max(16, min(block, pow2_at_least(K, 1)))
     _kernel._topk_compact[(B * Hq * n,)](
         asc, rank, count, out, K, n, Hq // G,
         asc.stride(0), asc.stride(1), asc.stride(2),
@@ -57,7 +58,3 @@ def topk_compact(asc: Tensor, rank: Tensor, count: Tensor, out: Tensor | None = 
         Hq, BLOCK=BLOCK, num_warps=4 if BLOCK >= 512 else 2,
     )
     return out
-
-
-def triton_next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())

@@ -15,16 +15,14 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 from sparsekit import AttentionProblem  # noqa: E402
 from sparsekit.kernels.mass_budget import mass_budget_naive  # noqa: E402
 from sparsekit.kernels.mass_budget import op  # noqa: E402
+from sparsekit.layout import block_geometry  # noqa: E402
 from sparsekit.plugins.proxyattn.budget import DynamicBudget  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _visible(B: int, Nq: int, Nk: int, bq: int, bk: int, causal: bool) -> torch.Tensor:
-    q = torch.zeros(B, 1, Nq, 16)
-    k = torch.zeros(B, 1, Nk, 16)
-    p = AttentionProblem.create(q, k, k, block_q=bq, block_k=bk, causal=causal)
-    return p.block_bounds()[2]
+    return block_geometry(B, Nq, Nk, bq, bk, causal, None, None, torch.device("cpu"))[2]
 
 
 CASES = [  # B, Hq, Nq, Nk, bq, bk, causal
