@@ -4,11 +4,14 @@ Times ``sparsekit.kernels.proxy_scores.proxy_scores`` (bf16, D=128, blocks 128, 
 Llama-3.1-8B shape (32/8 heads, G=1) and the Qwen2.5-7B shape (28/4 heads, G=4) at each N, for each
 ``--splits`` configuration ``SPLIT[:Q_BLOCKS[:NUM_WARPS]]``: no split (one program walks all kv-blocks of its
 q-blocks), split-K sizes (the kv-blocks of a q-block cut into splits; per-split row statistics combined, then
-pooled), q-blocks per program, and ``auto`` (``split_blocks_for`` / ``q_blocks_for``). Every output is checked
-against the one-q-block, no-split output (max abs difference, recorded as ``max_abs_diff_vs_split0``; -inf
-pattern identical); the first configuration is the timing baseline. Prints a table, writes JSON.
+pooled), q-blocks per program, one or two walks over the keys (``PASSES``: 1 keeps the tile row maxima in a
+scratch, 2 recomputes the scores for the pooling; default: ``one_pass_for``), and ``auto`` (``split_blocks_for`` /
+``q_blocks_for`` / ``one_pass_for``; ``auto2``: the same with two passes). Every output is checked against the
+one-q-block, no-split, two-pass output (max abs difference, recorded as ``max_abs_diff_vs_split0``; -inf pattern
+identical); the first configuration is the timing baseline. Prints a table, writes JSON.
 
     python benchmarks/bench_proxy_split.py --n 8k 32k 128k --out benchmarks/results/proxy_split_h100.json
+    python benchmarks/bench_proxy_split.py --splits auto2 auto 0:2:4:2 0:2:4:1   # one pass against two
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", nargs="+", default=["8k", "32k", "128k"])
     ap.add_argument("--splits", nargs="+", default=["0:1", "auto", "8", "32", "0:2", "0:4", "0:4:8"],
-                    help="configurations SPLIT[:Q_BLOCKS[:NUM_WARPS]]: split_blocks (or 'auto' for the default "
-                         "choice of split and q-blocks), q-blocks per program, warps")
+                    help="configurations SPLIT[:Q_BLOCKS[:NUM_WARPS[:PASSES]]]: split_blocks (or 'auto' for the "
+                         "default choice of split, q-blocks and passes; 'auto2': the same with two passes), "
+                         "q-blocks per program, warps, passes over the keys (1 or 2)")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -53,11 +57,11 @@ def main() -> None:
             q = torch.randn(1, Hq, N, 128, device=dev, dtype=torch.bfloat16, generator=gen)
             k = torch.randn(1, Hkv, N, 128, device=dev, dtype=torch.bfloat16, generator=gen)
             kw = dict(groups=G, stride=4, block_q=128, block_k=128, causal=True, checked=True)
-            ref = op.proxy_scores(q, k, **kw, config={"split_blocks": 0, "q_blocks": 1})
+            ref = op.proxy_scores(q, k, **kw, config={"split_blocks": 0, "q_blocks": 1, "one_pass": False})
             n_kb = ref.shape[-1]
             for sp in args.splits:
-                if sp == "auto":
-                    cfg = None
+                if sp in ("auto", "auto2"):
+                    cfg = None if sp == "auto" else {"one_pass": False}
                     split = op.split_blocks_for(n_kb, G * ref.shape[2])
                 else:
                     parts = [int(x) for x in sp.split(":")]
@@ -67,6 +71,8 @@ def main() -> None:
                         cfg["q_blocks"] = parts[1]
                     if len(parts) > 2:
                         cfg["num_warps"] = parts[2]
+                    if len(parts) > 3:
+                        cfg["one_pass"] = parts[3] == 1
                 out = op.proxy_scores(q, k, **kw, config=cfg)
                 fin = torch.isfinite(ref)
                 diff = float((out[fin] - ref[fin]).abs().max())

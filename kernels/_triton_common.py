@@ -7,6 +7,11 @@ import triton
 import triton.language as tl
 
 
+#: Largest scratch (MiB) a planning kernel's automatic rule spends on walking the keys once instead of twice
+#: (``proxy_scores`` and ``last_block_mass`` keep per-tile statistics there); beyond it they walk twice
+ONE_PASS_MAX_SCRATCH_MB = 1024
+
+
 def pow2_at_least(n: int, floor: int = 16) -> int:
     """The smallest power of two >= ``n``, at least ``floor`` (``tl.arange`` extents are powers of two)."""
     return max(floor, 1 << max(0, (n - 1).bit_length()))

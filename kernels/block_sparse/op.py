@@ -483,7 +483,9 @@ def block_sparse_attention(
     """Block-sparse attention forward with the Triton kernel (same contract as the naive twin).
 
     ``out``: optional preallocated output ``[B, Hq, Nq, D]`` of q's dtype and device (any strides with
-    a contiguous last dim); every row of it is written (padded / empty rows with 0).
+    a contiguous last dim); every row of it is written (padded / empty rows with 0). Without it the output is
+    allocated like q (``torch.empty_like``: q's strides when q is dense, e.g. a ``[B, Nq, Hq, D]`` memory seen
+    as ``[B, Hq, Nq, D]``; contiguous otherwise).
     ``config``: optional tiling override (``KernelConfig`` or dict with any of ``block_m``, ``block_n``,
     ``num_warps``, ``num_stages``, ``use_tma``, ``tma_descriptor``, ``one_loop``), for tuning, used as given;
     default: ``default_config``, then ``short_sequence_config`` (one loop with host TMA at ``Nk <= 32K`` on
@@ -529,7 +531,9 @@ def block_sparse_attention(
     Hkv, Nk = k.shape[1], k.shape[2]
     max_k = kv_indices.shape[-1]
     if out is None:
-        out = torch.empty((B, Hq, Nq, D), dtype=q.dtype, device=q.device)
+        # in q's memory layout (as SDPA's flash backend does): for q a [B, Hq, Nq, D] view of [B, Nq, Hq, D] memory
+        # (transformers' projections) the caller's transpose back to [B, Nq, Hq, D] is then free
+        out = torch.empty_like(q, memory_format=torch.preserve_format)
     lse = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device) if return_lse else None
     if out.numel() == 0 and (lse is None or lse.numel() == 0):
         return (out, lse) if return_lse else out

@@ -9,6 +9,11 @@ of whole kv-blocks so that ``B * Hq * n_split`` programs share the work (flash-d
 * ``_lbm_block_mass``: same grid; combines every split's (max, sum) into the row lse, recomputes the
   scores of its key range and writes ``sum_rows sum_keys 2^(s - lse) / M_ROWS`` per kv-block.
 
+With ``ONE_PASS`` the keys are walked once: ``_lbm_row_stats`` also stores, per kv-tile and row, the online
+max after the tile and the tile's sum of ``2^(s - that max)`` (``T_MAX`` / ``T_SUM`` ``[B * Hq, tiles,
+BLOCK_M]`` float32), and ``_lbm_block_mass`` sums ``T_SUM * 2^(T_MAX - lse)`` over a block's tiles and rows
+instead of recomputing the scores (the same mass up to fp32 rounding).
+
 K/V head of query head ``h`` is ``h // GROUP`` (read through strides, never repeated). The grid puts
 heads on its fast axis, so the heads sharing one key range run together and share K in L2.
 """
@@ -57,14 +62,40 @@ def _setup(Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_k
 
 
 @triton.jit
+def _stats_tiles(m_i, l_i, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale, t_base,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                 IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, ONE_PASS: tl.constexpr,
+                 T_MAX, T_SUM):
+    # online row max / row sum over the kv-tiles starting at [lo, hi); ONE_PASS: each tile's (max after it, sum of
+    # 2^(s - that max)) -> T_MAX / T_SUM at t_base + (tile index) * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    for n0 in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(n0, BLOCK_N)
+        qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                          MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        if MASKED:
+            m_ij = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # nothing seen yet: p = 0, alpha = 0
+        p = tl.math.exp2(qk - m_ij[:, None])
+        p_sum = tl.sum(p, 1)
+        if ONE_PASS:
+            t = t_base + (n0 // BLOCK_N) * BLOCK_M + offs_m
+            tl.store(T_MAX + t, m_ij)
+            tl.store(T_SUM + t, p_sum)
+        l_i = l_i * tl.math.exp2(m_i - m_ij) + p_sum
+        m_i = m_ij
+    return m_i, l_i
+
+
+@triton.jit
 def _lbm_row_stats(
-    Q, K, M_PART, L_PART,
+    Q, K, M_PART, L_PART, T_MAX, T_SUM,
     qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
-    H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, N_SPLIT,
+    H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, N_SPLIT, N_TILES,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     pid_bh, split, row_ok, q, k_base, q_pos, offs_n, k_lo, k_hi, fast_hi = _setup(
         Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
@@ -72,25 +103,13 @@ def _lbm_row_stats(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    t_base = pid_bh.to(tl.int64) * N_TILES * BLOCK_M  # this head's tiles in T_MAX / T_SUM
     # keys every row sees: no mask
-    for n0 in range(k_lo, fast_hi, BLOCK_N):
-        start_n = tl.multiple_of(n0, BLOCK_N)
-        qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
-                          False, CAUSAL, IEEE_DOT, UPCAST_DOT)
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.math.exp2(qk - m_ij[:, None])
-        l_i = l_i * tl.math.exp2(m_i - m_ij) + tl.sum(p, 1)
-        m_i = m_ij
+    m_i, l_i = _stats_tiles(m_i, l_i, q, k_base, stride_kn, k_lo, fast_hi, offs_n, q_pos, Nk, qk_scale, t_base,
+                            BLOCK_M, BLOCK_N, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS, T_MAX, T_SUM)
     # diagonal tiles / sequence end: mask
-    for n0 in range(fast_hi, k_hi, BLOCK_N):
-        start_n = tl.multiple_of(n0, BLOCK_N)
-        qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
-                          True, CAUSAL, IEEE_DOT, UPCAST_DOT)
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
-        m_ij = tl.where(m_ij == float("-inf"), 0.0, m_ij)  # nothing seen yet: p = 0, alpha = 0
-        p = tl.math.exp2(qk - m_ij[:, None])
-        l_i = l_i * tl.math.exp2(m_i - m_ij) + tl.sum(p, 1)
-        m_i = m_ij
+    m_i, l_i = _stats_tiles(m_i, l_i, q, k_base, stride_kn, fast_hi, k_hi, offs_n, q_pos, Nk, qk_scale, t_base,
+                            BLOCK_M, BLOCK_N, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS, T_MAX, T_SUM)
 
     offs_m = tl.arange(0, BLOCK_M)
     part = (pid_bh.to(tl.int64) * N_SPLIT + split) * BLOCK_M + offs_m
@@ -100,31 +119,44 @@ def _lbm_row_stats(
 
 @triton.jit
 def _block_sums(mass_row, lse, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale, inv_rows,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    # kv-blocks [lo, hi): sum over the block's keys and the rows of 2^(s - lse), divided by the row count
+                T_MAX, T_SUM, t_base, k_hi,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASKED: tl.constexpr,
+                CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, ONE_PASS: tl.constexpr):
+    # kv-blocks [lo, hi): sum over the block's keys and the rows of 2^(s - lse), divided by the row count.
+    # ONE_PASS: from the stored tile statistics, sum_rows T_SUM * 2^(T_MAX - lse) over the block's tiles that start
+    # before k_hi (the only ones written)
     SUB: tl.constexpr = BLOCK_K // BLOCK_N
+    offs_m = tl.arange(0, BLOCK_M)
     for j in range(lo, hi):
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for t in tl.static_range(SUB):
-            start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
-            qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
-                              MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
-            # padding rows carry lse = +inf: 2^-inf = 0
-            acc += tl.sum(tl.math.exp2(qk - lse[:, None]), 0)
+        if ONE_PASS:
+            acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for t in tl.static_range(SUB):
+                n_rows = tl.where(j * BLOCK_K + t * BLOCK_N < k_hi, BLOCK_M, 0)  # a tensor mask for the interpreter
+                ti = t_base + (j * SUB + t) * BLOCK_M + offs_m
+                t_max = tl.load(T_MAX + ti, mask=offs_m < n_rows, other=0.0)
+                t_sum = tl.load(T_SUM + ti, mask=offs_m < n_rows, other=0.0)
+                acc += t_sum * tl.math.exp2(t_max - lse)  # padding rows carry lse = +inf: 2^-inf = 0
+        else:
+            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for t in tl.static_range(SUB):
+                start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
+                qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                                  MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+                # padding rows carry lse = +inf: 2^-inf = 0
+                acc += tl.sum(tl.math.exp2(qk - lse[:, None]), 0)
         tl.store(mass_row + j, tl.sum(acc, 0) * inv_rows)
 
 
 @triton.jit
 def _lbm_block_mass(
-    Q, K, M_PART, L_PART, MASS,
+    Q, K, M_PART, L_PART, T_MAX, T_SUM, MASS,
     qk_scale, inv_rows,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh,
-    H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, N_SPLIT,
+    H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, N_SPLIT, N_TILES,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     pid_bh, split, row_ok, q, k_base, q_pos, offs_n, k_lo, k_hi, fast_hi = _setup(
         Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
@@ -142,7 +174,8 @@ def _lbm_block_mass(
     j_lo = k_lo // BLOCK_K
     j_fast = fast_hi // BLOCK_K  # blocks wholly inside the mask-free key range
     j_hi = tl.cdiv(k_hi, BLOCK_K)
+    t_base = pid_bh.to(tl.int64) * N_TILES * BLOCK_M
     _block_sums(mass_row, lse, q, k_base, stride_kn, j_lo, j_fast, offs_n, q_pos, Nk, qk_scale, inv_rows,
-                BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
-    _block_sums(mass_row, lse, q, k_base, stride_kn, j_fast, j_hi, offs_n, q_pos, Nk, qk_scale,
-                inv_rows, BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+                T_MAX, T_SUM, t_base, k_hi, BLOCK_M, BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
+    _block_sums(mass_row, lse, q, k_base, stride_kn, j_fast, j_hi, offs_n, q_pos, Nk, qk_scale, inv_rows,
+                T_MAX, T_SUM, t_base, k_hi, BLOCK_M, BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)

@@ -2,8 +2,9 @@
 
 ``last_block_mass`` validates its inputs with ``not_supported_reasons`` (one ``ValueError`` listing every
 problem), splits the keys into ranges of whole kv-blocks and launches ``kernel._lbm_row_stats`` then
-``kernel._lbm_block_mass``. Allocated: the output ``[B, Hq, nKb]`` float32 and two partial-statistics
-buffers ``[B, Hq, n_split, BLOCK_M]`` float32 (``n_split <= 64``).
+``kernel._lbm_block_mass``. Allocated: the output ``[B, Hq, nKb]`` float32, two partial-statistics
+buffers ``[B, Hq, n_split, BLOCK_M]`` float32 (``n_split <= 64``) and, on the one-pass path, the per-tile row
+statistics (``tile_stats_bytes``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
-from .._triton_common import pow2_at_least
+from .._triton_common import ONE_PASS_MAX_SCRATCH_MB, pow2_at_least
 from . import kernel as _kernel
 
 
@@ -62,12 +63,21 @@ CAPABILITIES = Capabilities(
 @dataclass(frozen=True)
 class KernelConfig:
     """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``);
-    ``split_blocks`` kv-blocks per key split (``None``: aim at ``TARGET_PROGRAMS`` programs)."""
+    ``split_blocks`` kv-blocks per key split (``None``: aim at ``TARGET_PROGRAMS`` programs); ``one_pass``: walk the
+    keys once, keeping each tile's row statistics in a float32 scratch for the block sums (``None``: when the
+    scratch fits in ``ONE_PASS_MAX_SCRATCH_MB``, see ``tile_stats_bytes``)."""
 
     block_n: int
     num_warps: int
     num_stages: int
     split_blocks: int | None = None
+    one_pass: bool | None = None
+
+
+def tile_stats_bytes(heads: int, n_kb: int, block_k: int, block_n: int, block_m: int) -> int:
+    """Bytes of the one-pass scratch: a float32 (max, sum) pair per row of the ``block_m`` row tile, kv-tile and
+    head (``heads`` = B x Hq): 64 MiB for the Llama-3.1-8B shape at 128K (64-key tiles), 512 MiB at 1M."""
+    return 8 * heads * n_kb * (block_k // block_n) * block_m
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_k: int, rows: int) -> KernelConfig:
@@ -115,14 +125,14 @@ def _resolve_config(config, head_dim, dtype, block_k, rows) -> KernelConfig:
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks"}
+        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks", "one_pass"}
         if unknown:
             raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages, "
-                             "split_blocks): drop the unknown keys")
+                             "split_blocks, one_pass): drop the unknown keys")
         cfg = replace(cfg, **dict(config))
     else:
         raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of block_n/num_warps/"
-                         "num_stages/split_blocks): pass one of those")
+                         "num_stages/split_blocks/one_pass): pass one of those")
     bad = []
     if cfg.block_n < 16 or cfg.block_n & (cfg.block_n - 1) or block_k % cfg.block_n:
         bad.append(f"config.block_n={cfg.block_n} (supported: a power of two >= 16 dividing block_k={block_k}): "
@@ -134,6 +144,9 @@ def _resolve_config(config, head_dim, dtype, block_k, rows) -> KernelConfig:
     if cfg.split_blocks is not None and (isinstance(cfg.split_blocks, bool) or not isinstance(cfg.split_blocks, int)
                                          or cfg.split_blocks < 1):
         bad.append(f"config.split_blocks={cfg.split_blocks!r} (supported: None or an integer >= 1): pass None")
+    if cfg.one_pass is not None and not isinstance(cfg.one_pass, bool):
+        bad.append(f"config.one_pass={cfg.one_pass!r} (supported: None for automatic, True, False): pick one of "
+                   "those")
     if bad:
         raise ValueError("last_block_mass: unsupported config:\n  - " + "\n  - ".join(bad))
     return cfg
@@ -154,7 +167,7 @@ def last_block_mass(
     ``last_block_mass_naive``). Returns float32 ``[B, Hq, nKb]``.
 
     ``config``: optional override (``KernelConfig`` or a dict of ``block_n``, ``num_warps``, ``num_stages``,
-    ``split_blocks``) for tuning; default from ``default_config`` and ``split_blocks_for``.
+    ``split_blocks``, ``one_pass``) for tuning; default from ``default_config`` and ``split_blocks_for``.
     ``checked=True``: the caller already ran ``not_supported_reasons`` on these inputs and got no reason, so
     they are not checked twice (saves host time per call); ``scale`` is still checked.
     """
@@ -179,15 +192,21 @@ def last_block_mass(
     out = torch.empty((B, Hq, n_kb), dtype=torch.float32, device=q.device)
     m_part = torch.empty((B, Hq, n_split, block_m), dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
+    n_tiles = n_kb * (block_k // cfg.block_n)
+    nbytes = tile_stats_bytes(B * Hq, n_kb, block_k, cfg.block_n, block_m)
+    one_pass = nbytes <= ONE_PASS_MAX_SCRATCH_MB << 20 if cfg.one_pass is None else cfg.one_pass
+    # one pass: per-tile row statistics, uninitialised (the block sums read only the tiles the stats wrote)
+    t_max = torch.empty(nbytes // 8, dtype=torch.float32, device=q.device) if one_pass else m_part
+    t_sum = torch.empty_like(t_max) if one_pass else l_part  # (unused pointers with two passes)
     grid = (B * Hq, n_split)
     common = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=cfg.block_n, CAUSAL=bool(causal),
                   IEEE_DOT=q.dtype == torch.float32, UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  ONE_PASS=one_pass, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     qk_scale = scale * 1.4426950408889634  # log2(e) folded into the scale
     strides = (q.stride(0), q.stride(1), q.stride(2), q.stride(3), k.stride(0), k.stride(1), k.stride(2), k.stride(3))
-    sizes = (Hq, Hq // Hkv, Nq, Nk, rows, split_blocks * block_k, n_split)
+    sizes = (Hq, Hq // Hkv, Nq, Nk, rows, split_blocks * block_k, n_split, n_tiles)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
-        _kernel._lbm_row_stats[grid](q, k, m_part, l_part, qk_scale, *strides, *sizes, **common)
-        _kernel._lbm_block_mass[grid](q, k, m_part, l_part, out, qk_scale, 1.0 / rows, *strides,
+        _kernel._lbm_row_stats[grid](q, k, m_part, l_part, t_max, t_sum, qk_scale, *strides, *sizes, **common)
+        _kernel._lbm_block_mass[grid](q, k, m_part, l_part, t_max, t_sum, out, qk_scale, 1.0 / rows, *strides,
                                       out.stride(0), out.stride(1), *sizes, BLOCK_K=block_k, **common)
     return out

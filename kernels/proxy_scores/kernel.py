@@ -11,12 +11,17 @@ rows can see twice:
   rows, one ``exp2`` per kv-block -> the block's max-pooled probability (``max_r p_rj = 2^(max_r (max_j
   s_rj - lse_r))``, exact since ``exp2`` is monotonic).
 
+With ``ONE_PASS`` the keys are walked once: pass 1 also stores every tile's row max of the raw scores in a
+float32 scratch (``[tiles, rows]`` per program, 4 bytes per sampled row and kv-tile), and pass 2 reads those
+maxima back instead of recomputing the tiles' scores (same values, so the same result bit for bit).
+
 Tiles wholly below the causal diagonal of every sampled row and inside the sequence run without a mask.
 Blocks past the q-block's causal horizon are written ``-inf``. No token-level score matrix is stored.
 
 With few programs and long rows (``op.split_blocks_for``) the split-K kernels below run instead: the proxy
 queries once (``_proxy_query``), per-split row statistics (``_proxy_stats_split``), then the combined lse and
-per-split pooling (``_proxy_pool_split``).
+per-split pooling (``_proxy_pool_split``); with ``ONE_PASS`` the first stores the tile row maxima and the second
+only reads them.
 """
 
 from __future__ import annotations
@@ -39,15 +44,20 @@ def _round_to(x, DTYPE: tl.constexpr, EMULATE_RTNE: tl.constexpr):
 
 
 @triton.jit
-def _row_stats(m_i, l_i, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale,
-               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    # pass 1: online row max / row sum over kv-tiles [lo, hi)
+def _row_stats(m_i, l_i, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale, tmax_base,
+               BLOCK_N: tl.constexpr, M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, STORE_TMAX: tl.constexpr):
+    # pass 1: online row max / row sum over kv-tiles [lo, hi); STORE_TMAX: also each tile's row max of the raw
+    # (scaled) scores -> tmax_base + t * M + row, read back by the pooling instead of recomputing the tile
+    offs_m = tl.arange(0, M)
     for t in range(lo, hi):
         start_n = tl.multiple_of(t * BLOCK_N, BLOCK_N)
         qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
                           MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
-        m_ij = tl.maximum(m_i, tl.max(qk, 1))
+        t_max = tl.max(qk, 1)
+        if STORE_TMAX:
+            tl.store(tmax_base + t * M + offs_m, t_max)
+        m_ij = tl.maximum(m_i, t_max)
         if MASKED:
             # rows that saw no key yet keep m = -inf: shift by 0 instead (p = 0, alpha = 0)
             m_ij = tl.where(m_ij == float("-inf"), 0.0, m_ij)
@@ -106,19 +116,29 @@ def _mean_query(Q, stride_qb, stride_qh, stride_qm, stride_qd, b64, g, QH, rows,
 
 @triton.jit
 def _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, q, k_base, stride_kn, lo, hi,
-                 offs_n, q_pos, qk_scale, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
-                 BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, R: tl.constexpr,
-                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+                 offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr,
+                 BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 R: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr,
+                 UPCAST_DOT: tl.constexpr, FROM_TMAX: tl.constexpr):
     # pass 2 for R q-blocks at once: kv-blocks [lo, hi), max over each q-block's sampled rows of 2^(s - lse);
-    # -inf where the kv-block lies past that q-block's causal horizon
+    # -inf where the kv-block lies past that q-block's causal horizon. FROM_TMAX: the tiles' row maxima are read
+    # from pass 1's scratch (tmax_base; pass 1 wrote tiles < n_tiles, later tiles hold no visible key: -inf);
+    # otherwise the tiles' scores are recomputed
     SUB: tl.constexpr = BLOCK_K // BLOCK_N
+    offs_m = tl.arange(0, R * BLOCK_S)
     for j in range(lo, hi):
         row_max = tl.full([R * BLOCK_S], float("-inf"), dtype=tl.float32)
         for t in tl.static_range(SUB):
-            start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
-            qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
-                              MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
-            row_max = tl.maximum(row_max, tl.max(qk, 1))
+            if FROM_TMAX:
+                n_rows = tl.where(j * SUB + t < n_tiles, R * BLOCK_S, 0)  # a tensor mask (the interpreter's load
+                t_max = tl.load(tmax_base + (j * SUB + t) * (R * BLOCK_S) + offs_m,  # rejects a broadcast bool)
+                                mask=offs_m < n_rows, other=float("-inf"))
+            else:
+                start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
+                qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                                  MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+                t_max = tl.max(qk, 1)
+            row_max = tl.maximum(row_max, t_max)
         v = row_max - lse  # invalid rows carry lse = +inf: they contribute 2^-inf = 0
         for r in tl.static_range(R):
             ir = i0 + r
@@ -131,7 +151,7 @@ def _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, q, 
 
 @triton.jit
 def _proxy_scores_fwd(
-    Q, K, OUT,
+    Q, K, OUT, TMAX,
     qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kg, stride_kn, stride_kd,
@@ -140,7 +160,7 @@ def _proxy_scores_fwd(
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     R: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    FILL_CHUNK: tl.constexpr,
+    FILL_CHUNK: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     # one program scores R consecutive q-blocks: their sampled rows form one [R * BLOCK_S, D] tile, so each kv-tile
     # is loaded once for R q-blocks (R = 1: one q-block per program)
@@ -168,27 +188,34 @@ def _proxy_scores_fwd(
     key_end, _ = _key_range(i_last, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys any row sees
     _, fast_end = _key_range(i0, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys every row sees
 
-    # pass 1: row max and row sum
-    m_i = tl.full([R * BLOCK_S], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([R * BLOCK_S], dtype=tl.float32)
+    # ONE_PASS: this program's scratch of per-tile row maxima, [nKb * BLOCK_K // BLOCK_N, R * BLOCK_S] float32
+    M: tl.constexpr = R * BLOCK_S
+    tmax_base = TMAX + (pid_bg.to(tl.int64) * tl.num_programs(0) + p) * (nKb * (BLOCK_K // BLOCK_N)) * M
+
+    # pass 1: row max and row sum (ONE_PASS: and each tile's row max)
+    m_i = tl.full([M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([M], dtype=tl.float32)
     n_fast_tiles = fast_end // BLOCK_N
-    m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, 0, n_fast_tiles, offs_n, q_pos, Nk, qk_scale,
-                          BLOCK_N, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+    m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, 0, n_fast_tiles, offs_n, q_pos, Nk, qk_scale, tmax_base,
+                          BLOCK_N, M, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
     # diagonal tiles / sequence end: mask
     m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, n_fast_tiles, tl.cdiv(key_end, BLOCK_N), offs_n,
-                          q_pos, Nk, qk_scale, BLOCK_N, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+                          q_pos, Nk, qk_scale, tmax_base, BLOCK_N, M, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
     lse = tl.where(row_ok & (l_i > 0.0), m_i + tl.math.log2(l_i), float("inf"))
+    if ONE_PASS:
+        tl.debug_barrier()  # pass 1's scratch stores are visible to every thread of the program
 
     # pass 2: max-pooled probabilities per visible kv-block
     out_base = OUT + b64 * stride_ob + g64 * stride_og
     n_vis = tl.cdiv(key_end, BLOCK_K)
     n_fast_blocks = fast_end // BLOCK_K
+    n_tiles = tl.cdiv(key_end, BLOCK_N)
     _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, 0,
-                       n_fast_blocks, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K,
-                       R, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+                 n_fast_blocks, offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
+                 BLOCK_K, R, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
     _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn,
-                       n_fast_blocks, n_vis, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
-                       BLOCK_K, R, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+                 n_fast_blocks, n_vis, offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q,
+                 BLOCK_N, BLOCK_K, R, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
 
     # blocks past the causal horizon of every q-block of the program: -inf
     for r in tl.static_range(R):
@@ -214,6 +241,13 @@ def _row_geometry(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOC
     q_pos = rows + (Nk - Nq)
     key_end, fast_end = _key_range(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)
     return rows, row_ok, sub, q_pos, key_end, fast_end
+
+
+@triton.jit
+def _split_tmax_base(TMAX, pid_bg, i, n_qb, nKb, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    # q-block i's tile row maxima in the split path's scratch [B * G, nQb, nKb * BLOCK_K // BLOCK_N, BLOCK_S]
+    return TMAX + (pid_bg.to(tl.int64) * n_qb + i) * (nKb * (BLOCK_K // BLOCK_N)) * BLOCK_S
 
 
 @triton.jit
@@ -249,15 +283,16 @@ def _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S: tl.constexpr, HEAD_DIM: tl.c
 
 @triton.jit
 def _proxy_stats_split(
-    QP, K, M_PART, L_PART,
+    QP, K, M_PART, L_PART, TMAX,
     qk_scale,
     stride_kb, stride_kg, stride_kn, stride_kd,
-    G, Nq, Nk, n_qb, n_split, SPLIT_BLOCKS,
+    G, Nq, Nk, nKb, n_qb, n_split, SPLIT_BLOCKS,
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
-    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
-    # kernel 1: online row max / sum of q-block i over the kv-tiles of split s -> M_PART/L_PART[bg, i, s, :]
+    # kernel 1: online row max / sum of q-block i over the kv-tiles of split s -> M_PART/L_PART[bg, i, s, :];
+    # ONE_PASS: also each tile's row max -> TMAX[bg, i, tile, :] (kernel 2 then pools without recomputing)
     i = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy q-blocks first
     pid_bg = tl.program_id(1)
     s = tl.program_id(2)
@@ -279,10 +314,11 @@ def _proxy_stats_split(
         m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_S], dtype=tl.float32)
         mid = tl.maximum(tl.minimum(hi, n_fast), lo)
-        m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, lo, mid, offs_n, q_pos, Nk, qk_scale,
-                              BLOCK_N, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
-        m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, mid, hi, offs_n, q_pos, Nk, qk_scale,
-                              BLOCK_N, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        tmax_base = _split_tmax_base(TMAX, pid_bg, i, n_qb, nKb, BLOCK_S, BLOCK_N, BLOCK_K)
+        m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, lo, mid, offs_n, q_pos, Nk, qk_scale, tmax_base,
+                              BLOCK_N, BLOCK_S, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
+        m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, mid, hi, offs_n, q_pos, Nk, qk_scale, tmax_base,
+                              BLOCK_N, BLOCK_S, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
         offs_s = tl.arange(0, BLOCK_S)
         part = ((pid_bg.to(tl.int64) * n_qb + i) * n_split + s) * BLOCK_S + offs_s
         tl.store(M_PART + part, m_i)
@@ -291,7 +327,7 @@ def _proxy_stats_split(
 
 @triton.jit
 def _proxy_pool_split(
-    QP, K, M_PART, L_PART, OUT,
+    QP, K, M_PART, L_PART, TMAX, OUT,
     qk_scale,
     stride_kb, stride_kg, stride_kn, stride_kd,
     stride_ob, stride_og, stride_oi, stride_oj,
@@ -299,10 +335,10 @@ def _proxy_pool_split(
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    FILL_CHUNK: tl.constexpr,
+    FILL_CHUNK: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     # kernel 2: row lse from every visible split's (max, sum), then max-pooled probabilities of the kv-blocks
-    # of split s (-inf past the causal horizon)
+    # of split s (-inf past the causal horizon); ONE_PASS: from kernel 1's tile row maxima, no score recomputed
     i = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bg = tl.program_id(1)
     s = tl.program_id(2)
@@ -320,7 +356,10 @@ def _proxy_pool_split(
         offs_s = tl.arange(0, BLOCK_S)
         base = (pid_bg.to(tl.int64) * n_qb + i) * n_split * BLOCK_S + offs_s
         lse = _combine_split_lse(M_PART, L_PART, base, tl.cdiv(n_vis, SPLIT_BLOCKS), row_ok, BLOCK_S)
-        qp = _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S, HEAD_DIM)
+        if ONE_PASS:
+            qp = 0.0  # unused: the pooling reads TMAX
+        else:
+            qp = _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
         k_base = K + b64 * stride_kb + g64 * stride_kg + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
@@ -328,12 +367,14 @@ def _proxy_pool_split(
         n_fast_blocks = fast_end // BLOCK_K
         mid = tl.maximum(tl.minimum(v_hi, n_fast_blocks), j_lo)
         out_base = OUT + b64 * stride_ob + g64 * stride_og
+        tmax_base = _split_tmax_base(TMAX, pid_bg, i, n_qb, nKb, BLOCK_S, BLOCK_N, BLOCK_K)
+        n_tiles = tl.cdiv(key_end, BLOCK_N)
         _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, j_lo, mid,
-                     offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1,
-                     False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+                     offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
+                     BLOCK_K, 1, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
         _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, mid, v_hi,
-                     offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1,
-                     True, CAUSAL, IEEE_DOT, UPCAST_DOT)
+                     offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
+                     BLOCK_K, 1, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
     # blocks of this split past the causal horizon: -inf
     f_lo = tl.maximum(j_lo, n_vis)
     for j0 in range(f_lo, j_hi, FILL_CHUNK):

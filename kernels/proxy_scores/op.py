@@ -4,8 +4,9 @@
 problem), forms the proxy keys with one torch reduction (the mean of each group's KV heads; skipped when
 a group has a single KV head) and launches ``kernel._proxy_scores_fwd`` (``q_blocks_for`` q-blocks per program),
 which averages the query heads itself while loading the sampled rows. Allocated: the output ``[B, G, nQb, nKb]``
-float32 and, when ``Hkv > G``, the proxy keys ``[B, G, Nk, D]`` in the input dtype. With few programs and long
-rows (``split_blocks_for``) it launches the three split-K kernels instead (``_launch_split``, a few MiB more).
+float32, when ``Hkv > G`` the proxy keys ``[B, G, Nk, D]`` in the input dtype, and on the one-pass path
+(``one_pass_for``) the tile row maxima (``tmax_scratch_bytes``: 128 MiB for the Llama shape at 128K). With few
+programs and long rows (``split_blocks_for``) it launches the three split-K kernels instead (``_launch_split``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
-from .._triton_common import pow2_at_least
+from .._triton_common import ONE_PASS_MAX_SCRATCH_MB, pow2_at_least
 from . import kernel as _kernel
 
 
@@ -60,13 +61,16 @@ class KernelConfig:
     """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``); ``split_blocks``
     kv-blocks per split (``None``: chosen from the shape, see ``split_blocks_for``; ``0``: no split, one
     program walks all kv-blocks of its q-blocks); ``q_blocks`` q-blocks per program on the unsplit path
-    (``None``: ``q_blocks_for``)."""
+    (``None``: ``q_blocks_for``); ``one_pass``: score each tile once and keep its row maxima in a float32 scratch
+    for the pooling, instead of a second walk over the keys (``None``: ``one_pass_for``, i.e. when the scratch
+    fits in ``ONE_PASS_MAX_SCRATCH_MB``)."""
 
     block_n: int
     num_warps: int
     num_stages: int
     split_blocks: int | None = None
     q_blocks: int | None = None  # q-blocks per program without a split (None: q_blocks_for; 1, 2 or 4)
+    one_pass: bool | None = None  # walk the keys once, tile row maxima in a scratch (None: one_pass_for)
 
 
 def split_blocks_for(n_kb: int, programs: int) -> int:
@@ -93,6 +97,19 @@ def q_blocks_for(programs: int, block_s: int) -> int:
     everywhere (3.61, 13.9, 1.35 ms), and with 64 programs (Llama 8K) 2 were slower than 1 (0.168 vs 0.151 ms).
     """
     return 2 if programs >= 256 and 2 * block_s <= 128 else 1
+
+
+def tmax_scratch_bytes(programs: int, n_kb: int, block_k: int, block_n: int, rows: int) -> int:
+    """Bytes of the one-pass scratch: a float32 row max per program row and kv-tile (``rows`` = R x BLOCK_S
+    sampled rows per program, ``programs`` = programs of the unsplit grid or B x G x nQb on the split path)."""
+    return 4 * programs * n_kb * (block_k // block_n) * rows
+
+
+def one_pass_for(scratch_bytes: int) -> bool:
+    """The automatic rule: one pass whenever its scratch fits in ``ONE_PASS_MAX_SCRATCH_MB``. Stride 4, 128-token
+    blocks: 128 MiB for the Llama-3.1-8B shape (G=1) at 128K, 512 MiB at 256K and for the Qwen2.5-7B shape (G=4)
+    at 128K; the Llama shape walks twice from 512K on (2 GiB), where the estimate is ~1% of dense attention."""
+    return scratch_bytes <= ONE_PASS_MAX_SCRATCH_MB << 20
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: int) -> KernelConfig:
@@ -148,14 +165,14 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks", "q_blocks"}
+        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks", "q_blocks", "one_pass"}
         if unknown:
             raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages, "
-                             "split_blocks, q_blocks): drop the unknown keys")
+                             "split_blocks, q_blocks, one_pass): drop the unknown keys")
         cfg = replace(cfg, **dict(config))
     else:
         raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of block_n/num_warps/"
-                         "num_stages/split_blocks/q_blocks): pass one of those")
+                         "num_stages/split_blocks/q_blocks/one_pass): pass one of those")
     bad = []
     if cfg.block_n < 16 or cfg.block_n & (cfg.block_n - 1) or block_k % cfg.block_n:
         bad.append(f"config.block_n={cfg.block_n} (supported: a power of two >= 16 dividing block_k={block_k}): "
@@ -170,6 +187,9 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
                    "positive number of kv-blocks per split): pick one of those")
     if cfg.q_blocks not in (None, 1, 2, 4):
         bad.append(f"config.q_blocks={cfg.q_blocks!r} (supported: None for automatic, 1, 2, 4): pick one of those")
+    if cfg.one_pass is not None and not isinstance(cfg.one_pass, bool):
+        bad.append(f"config.one_pass={cfg.one_pass!r} (supported: None for automatic, True, False): pick one of "
+                   "those")
     if bad:
         raise ValueError("proxy_scores: unsupported config:\n  - " + "\n  - ".join(bad))
     return cfg
@@ -200,7 +220,7 @@ def proxy_scores(
     """Proxy block scores with the Triton kernel (same contract as ``proxy_scores_naive``).
 
     ``config``: optional tiling override (``KernelConfig`` or a dict of ``block_n``, ``num_warps``,
-    ``num_stages``) for tuning; default from ``default_config``.
+    ``num_stages``, ``split_blocks``, ``q_blocks``, ``one_pass``) for tuning; default from ``default_config``.
     ``checked=True``: the caller already ran ``not_supported_reasons`` on these inputs and got no reason, so
     they are not checked twice (saves host time per call); ``scale`` is still checked.
     Returns float32 ``[B, groups, nQb, nKb]``.
@@ -230,9 +250,10 @@ def proxy_scores(
         return out
     R = q_blocks_for(B * groups * n_qb, block_s) if cfg.q_blocks is None else cfg.q_blocks
     grid = (-(-n_qb // R), B * groups)
+    tmax = _tmax_scratch(cfg, grid[0] * grid[1], n_kb, block_k, R * block_s, q.device)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _kernel._proxy_scores_fwd[grid](
-            q, kp, out,
+            q, kp, out, tmax if tmax is not None else out,  # unused pointer without ONE_PASS
             scale * 1.4426950408889634,  # log2(e) folded into the scale
             q.stride(0), q.stride(1), q.stride(2), q.stride(3),
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
@@ -242,9 +263,19 @@ def proxy_scores(
             HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k, R=R,
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            ONE_PASS=tmax is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out
+
+
+def _tmax_scratch(cfg: KernelConfig, programs: int, n_kb: int, block_k: int, rows: int,
+                  device: torch.device) -> Tensor | None:
+    """The one-pass scratch ``[programs, nKb * block_k // block_n, rows]`` float32 (uninitialised: each program
+    writes the tiles it reads), or None for two passes (``cfg.one_pass``, else ``one_pass_for``)."""
+    nbytes = tmax_scratch_bytes(programs, n_kb, block_k, cfg.block_n, rows)
+    if not (one_pass_for(nbytes) if cfg.one_pass is None else cfg.one_pass):
+        return None
+    return torch.empty(nbytes // 4, dtype=torch.float32, device=device)
 
 
 def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int, stride: int, block_q: int,
@@ -252,7 +283,9 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
     """The split-K path (``kernel._proxy_query``, ``_proxy_stats_split``, ``_proxy_pool_split``). Extra memory:
     the proxy queries ``[B * G, nQb, BLOCK_S, D]`` in the input dtype and two float32 ``[B * G, nQb, n_split,
     BLOCK_S]`` buffers of per-split row statistics: under the automatic rule (<= 512 programs, splits of 32
-    blocks; Llama shape, stride 4) at most 4 MiB and 2 x 1 MiB (64K); 2 MiB and 2 x 256 KiB at 32K."""
+    blocks; Llama shape, stride 4) at most 4 MiB and 2 x 1 MiB (64K); 2 MiB and 2 x 256 KiB at 32K. One pass
+    adds the tile row maxima ``[B * G, nQb, nKb * block_k // block_n, BLOCK_S]`` float32: 8 MiB at 32K, 32 MiB
+    at 64K (Llama shape)."""
     B, Hq, Nq, D = q.shape
     Nk = kp.shape[2]
     BG = B * groups
@@ -261,6 +294,9 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
     qp = torch.empty((BG, n_qb, block_s, D), dtype=kp.dtype, device=q.device)
     m_part = torch.empty((BG, n_qb, n_split, block_s), dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
+    tmax = _tmax_scratch(cfg, BG * n_qb, n_kb, block_k, block_s, q.device)
+    one_pass = tmax is not None
+    tmax_arg = tmax if one_pass else m_part  # unused pointer without ONE_PASS
     common = dict(STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=block_s, HEAD_DIM=D, BLOCK_Q=block_q)
     dots = dict(BLOCK_N=cfg.block_n, BLOCK_K=block_k, CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
                 UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, num_warps=cfg.num_warps,
@@ -272,11 +308,11 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, num_warps=4, **common)
         grid = (n_qb, BG, n_split)
         _kernel._proxy_stats_split[grid](
-            qp, kp, m_part, l_part, qk_scale,
+            qp, kp, m_part, l_part, tmax_arg, qk_scale,
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
-            groups, Nq, Nk, n_qb, n_split, split, **common, **dots)
+            groups, Nq, Nk, n_kb, n_qb, n_split, split, **common, **dots, ONE_PASS=one_pass)
         _kernel._proxy_pool_split[grid](
-            qp, kp, m_part, l_part, out, qk_scale,
+            qp, kp, m_part, l_part, tmax_arg, out, qk_scale,
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            groups, Nq, Nk, n_kb, n_qb, n_split, split, **common, **dots, FILL_CHUNK=64)
+            groups, Nq, Nk, n_kb, n_qb, n_split, split, **common, **dots, FILL_CHUNK=64, ONE_PASS=one_pass)

@@ -313,6 +313,16 @@ def test_strided_inputs_and_out_buffer():
     torch.testing.assert_close(o1, nv, rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(o2, nv, rtol=1e-5, atol=2e-6)
     assert o2.is_contiguous()
+    # default allocation follows q's memory layout: [B, Nq, Hq, D] memory in, [B, Nq, Hq, D] memory out
+    o3 = block_sparse_attention(q, k, v, counts, idx, block_q=bq, block_k=bk)
+    assert o3.stride() == q.stride() and o3.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(o3, nv, rtol=1e-5, atol=2e-6)
+    # a q that is not dense (a slice of a wider head dim) gets a contiguous output
+    wide = torch.randn(B, Hq, Nq, 2 * D, generator=gen).to(DEVICE)
+    o4 = block_sparse_attention(wide[..., :D], k, v, counts, idx, block_q=bq, block_k=bk)
+    assert o4.is_contiguous()
+    torch.testing.assert_close(o4, block_sparse_attention_naive(wide[..., :D], k, v, counts, idx, block_q=bq,
+                                                                block_k=bk), rtol=1e-5, atol=2e-6)
 
 
 def test_custom_scale_and_no_lse():

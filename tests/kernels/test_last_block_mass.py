@@ -49,17 +49,22 @@ def make_qk(seed, B, Hq, Hkv, Nq, Nk, D, dtype, q_mult=2.0):
     return q.to(DEVICE, dtype), k.to(DEVICE, dtype)
 
 
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-pass"])
 @pytest.mark.parametrize("B,Hq,Hkv,Nq,Nk,D,bq,bk,causal,dtype,split", CASES)
-def test_matches_twin_budget_and_layout_agree(B, Hq, Hkv, Nq, Nk, D, bq, bk, causal, dtype, split):
+def test_matches_twin_budget_and_layout_agree(B, Hq, Hkv, Nq, Nk, D, bq, bk, causal, dtype, split, one_pass):
+    """Both kernel paths: the keys walked once (per-tile row statistics kept for the block sums) or twice (the
+    block sums recompute the scores)."""
     q, k = make_qk(Nq * 5 + Nk + D, B, Hq, Hkv, Nq, Nk, D, dtype)
     kw = dict(block_q=bq, block_k=bk, causal=causal)
-    config = None if split is None else {"split_blocks": split}
+    config = {"one_pass": one_pass} if split is None else {"split_blocks": split, "one_pass": one_pass}
     out = last_block_mass(q, k, **kw, config=config)
     twin = last_block_mass_naive(q, k, **kw)  # float32 math on the same (upcast) inputs
     assert out.shape == (B, Hq, math.ceil(Nk / bk)) and out.dtype == torch.float32
     torch.testing.assert_close(out, twin, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(out.sum(-1), torch.ones(B, Hq, device=out.device), rtol=1e-5, atol=1e-5)
 
+    if not one_pass:
+        return  # the stage below runs the default (one-pass) path
     # the dynamic budget and the topk layout built from either mass are identical
     prob = AttentionProblem.create(q, k, block_q=bq, block_k=bk, causal=causal)
     scores = ProxyEstimator(impl="torch").estimate(prob)
@@ -72,6 +77,22 @@ def test_matches_twin_budget_and_layout_agree(B, Hq, Hkv, Nq, Nk, D, bq, bk, cau
     assert torch.equal(budgets[0].info["count_last"], budgets[1].info["count_last"])
     assert torch.equal(layouts[0].kv_counts, layouts[1].kv_counts)
     assert torch.equal(layouts[0].kv_indices, layouts[1].kv_indices)
+
+
+def test_one_pass_tiles_inside_blocks_and_rule():
+    # 4 kv-tiles per kv-block and a sequence end inside a block (its later tiles are never written)
+    q, k = make_qk(19, 1, 4, 2, 70, 290, 32, torch.float32)
+    for causal in (True, False):
+        kw = dict(block_q=32, block_k=64, causal=causal)
+        for split in (1, 2, None):
+            one = last_block_mass(q, k, **kw, config={"block_n": 16, "split_blocks": split, "one_pass": True})
+            two = last_block_mass(q, k, **kw, config={"block_n": 16, "split_blocks": split, "one_pass": False})
+            torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-8)
+            torch.testing.assert_close(one, last_block_mass_naive(q, k, **kw), rtol=1e-4, atol=1e-7)
+    # Llama-3.1-8B shape at 128K: 32 heads, 1024 kv-blocks of two 64-key tiles, 128 rows -> 64 MiB
+    assert lbm_op.tile_stats_bytes(32, 1024, 128, 64, 128) == 64 << 20
+    with pytest.raises(ValueError, match=r"config.one_pass='yes' \(supported: None for automatic, True, False\)"):
+        last_block_mass(q, k, config={"one_pass": "yes"})
 
 
 def test_split_count_does_not_change_the_result():

@@ -66,15 +66,17 @@ def layout_of(scores, counts, Nq, Nk, bq, bk, causal, Hq, Hkv, D):
     return TopKMask().build(prob, BlockScores(scores, "mass"), Budget("count", counts))
 
 
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-pass"])
 @pytest.mark.parametrize("split", [(0, 1), (0, 2), (2, None)], ids=["one-qblock", "two-qblocks", "split-K-2"])
 @pytest.mark.parametrize("B,Hq,Hkv,G,Nq,Nk,D,bq,bk,stride,causal,dtype", CASES)
-def test_matches_twin_and_layouts_agree(B, Hq, Hkv, G, Nq, Nk, D, bq, bk, stride, causal, dtype, split):
+def test_matches_twin_and_layouts_agree(B, Hq, Hkv, G, Nq, Nk, D, bq, bk, stride, causal, dtype, split, one_pass):
     """Every kernel path: one program per q-block, one program per two q-blocks (their sampled rows in one tile;
     ragged q-block counts leave the second slot empty), and split-K (kv-blocks cut into splits of 2: per-split
-    row statistics, combined, then pooled)."""
+    row statistics, combined, then pooled); each walking the keys once (tile row maxima kept in a scratch) or
+    twice (the pooling recomputes the scores)."""
     q, k = make_qk(Nq * 7 + Nk + D, B, Hq, Hkv, Nq, Nk, D, dtype)
     kw = dict(groups=G, stride=stride, block_q=bq, block_k=bk, causal=causal)
-    out = proxy_scores(q, k, **kw, config={"split_blocks": split[0], "q_blocks": split[1]})
+    out = proxy_scores(q, k, **kw, config={"split_blocks": split[0], "q_blocks": split[1], "one_pass": one_pass})
     twin = proxy_scores_naive(q, k, **kw)  # float32 math on the same (upcast) inputs
     nQb, nKb = math.ceil(Nq / bq), math.ceil(Nk / bk)
     assert out.shape == (B, G, nQb, nKb) and out.dtype == torch.float32
@@ -123,6 +125,31 @@ def test_config_override_matches_default():
         proxy_scores(q, k, **kw, config={"block_m": 16})
     with pytest.raises(ValueError, match=r"config.split_blocks=-1 \(supported: None for automatic, 0 for no split"):
         proxy_scores(q, k, **kw, config={"split_blocks": -1})
+
+
+@pytest.mark.parametrize("block_n", [16, 32], ids=["4-tiles-per-block", "1-tile-per-block"])
+def test_one_pass_equals_two_passes_bitwise(block_n):
+    """The one-pass scratch holds the very row maxima the second walk recomputes: identical results, also with
+    several kv-tiles per kv-block and a causal horizon inside a kv-block (tiles past it are never written)."""
+    q, k = make_qk(17, 1, 4, 2, 150, 190, 32, torch.float32)
+    for causal in (True, False):
+        kw = dict(groups=2, stride=3, block_q=32, block_k=64, causal=causal)
+        for split, R in ((0, 1), (0, 2), (1, None), (2, None)):
+            cfg = {"block_n": block_n, "split_blocks": split, "q_blocks": R}
+            one = proxy_scores(q, k, **kw, config={**cfg, "one_pass": True})
+            two = proxy_scores(q, k, **kw, config={**cfg, "one_pass": False})
+            assert torch.equal(one, two), (causal, split, R)
+
+
+def test_one_pass_rule_and_scratch_size():
+    # Llama-3.1-8B shape at 128K, stride 4: 512 programs of two q-blocks (64 rows), 1024 kv-tiles -> 128 MiB
+    assert ps_op.tmax_scratch_bytes(512, 1024, 128, 128, 64) == 128 << 20
+    assert ps_op.one_pass_for(ps_op.tmax_scratch_bytes(512, 1024, 128, 128, 64))
+    assert ps_op.one_pass_for(ps_op.tmax_scratch_bytes(2048, 1024, 128, 128, 64))  # Qwen shape G=4, 512 MiB
+    assert not ps_op.one_pass_for(ps_op.tmax_scratch_bytes(2048, 4096, 128, 128, 64))  # Llama 512K: 2 GiB
+    q, k = make_qk(5, 1, 4, 2, 64, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match=r"config.one_pass=1 \(supported: None for automatic, True, False\)"):
+        proxy_scores(q, k, config={"one_pass": 1})
 
 
 def test_split_paths_agree_and_split_size_rule():
