@@ -89,14 +89,24 @@ def parse_n(s: str) -> int:
 # layouts
 
 
-def make_layout(n: int, density: float, *, seed: int, device) -> tuple[torch.Tensor, torch.Tensor, int]:
+#: --share: which heads draw the same scattered blocks (per q-block)
+SHARES = ("head", "group", "all")
+
+
+def make_layout(n: int, density: float, *, seed: int, device,
+                share: str = "head") -> tuple[torch.Tensor, torch.Tensor, int]:
     """Causal block layout keeping ~``density`` of the causal blocks of every head.
 
     Row ``i`` keeps ``k_i = clamp(round(density * (i + 1)), 2, i + 1)`` blocks: the sink block 0, the
     diagonal block ``i``, a local window of the ``ceil(k_i / 4)`` latest blocks, and random blocks of
-    the rest (different per head). Returns (kv_counts [1,Hq,nQb], kv_indices [1,Hq,nQb,max_k], pairs)
-    with ``pairs`` the causally visible query-key pairs of one head.
+    the rest: different per head (``share="head"``, the default), shared by the query heads of one KV group
+    (``"group"``: what one proxy score group per KV head gives at equal budgets), or by all heads (``"all"``:
+    one score group, ProxyAttn's Llama default). Returns (kv_counts [1,Hq,nQb], kv_indices [1,Hq,nQb,max_k],
+    pairs) with ``pairs`` the causally visible query-key pairs of one head.
     """
+    if share not in SHARES:
+        raise ValueError(f"share={share!r} (supported: {', '.join(SHARES)})")
+    draw = {"head": HQ, "group": HKV, "all": 1}[share]
     nqb = math.ceil(n / BLOCK)
     g = torch.Generator(device=device).manual_seed(seed)
     ks = [min(i + 1, max(min(i + 1, 2), round(density * (i + 1)))) for i in range(nqb)]
@@ -104,7 +114,7 @@ def make_layout(n: int, density: float, *, seed: int, device) -> tuple[torch.Ten
     counts = torch.tensor(ks, dtype=torch.int32, device=device).view(1, 1, nqb).expand(B, HQ, nqb).contiguous()
     idx = torch.zeros(B, HQ, nqb, max_k, dtype=torch.int32, device=device)
     for i, k_i in enumerate(ks):
-        score = torch.rand(HQ, i + 1, generator=g, device=device)
+        score = torch.rand(draw, i + 1, generator=g, device=device).repeat_interleave(HQ // draw, 0)
         window = max(1, math.ceil(k_i / 4))
         score[:, max(0, i + 1 - window):] = 3.0  # local window incl. the diagonal
         score[:, 0] = 2.0  # sink
@@ -238,7 +248,7 @@ def run_n(n: int, densities: list[float], args, rows: list[dict]) -> None:
     own_full_ms = None
     flex_same_layout_ms: dict[float, float] = {}
     for d in dens:
-        counts, idx, pairs = make_layout(n, d, seed=args.seed + int(d * 1000), device=dev)
+        counts, idx, pairs = make_layout(n, d, seed=args.seed + int(d * 1000), device=dev, share=args.share)
         actual = pairs / (n * (n + 1) / 2)  # fraction of the causal pairs computed
         flops = 4.0 * pairs * D * HQ
 
@@ -325,7 +335,7 @@ def run_n(n: int, densities: list[float], args, rows: list[dict]) -> None:
 def run_variants(n, q, k, v, out, rep, args, rows, flex_ms: dict, cudnn_ms) -> None:
     """Time every VARIANTS config at each --variant-densities (same layouts as the main loop)."""
     for d in sorted(set(args.variant_densities), reverse=True):
-        counts, idx, pairs = make_layout(n, d, seed=args.seed + int(d * 1000), device=q.device)
+        counts, idx, pairs = make_layout(n, d, seed=args.seed + int(d * 1000), device=q.device, share=args.share)
         flops = 4.0 * pairs * D * HQ
         ref = None
         for name, c in VARIANTS:
@@ -413,6 +423,9 @@ def main() -> None:
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-sdpa", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--share", choices=SHARES, default="head",
+                    help="heads drawing the same scattered blocks: each head its own (default), the query heads of "
+                         "one KV group, or all heads")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -436,6 +449,7 @@ def main() -> None:
         python=platform.python_version(),
         date=_dt.datetime.now().isoformat(timespec="seconds"),
         shape=dict(B=B, Hq=HQ, Hkv=HKV, D=D, block=BLOCK, dtype=str(DTYPE)),
+        layout_share=args.share,
         default_config=default_config(D, DTYPE, BLOCK, BLOCK).__dict__,
         default_rule=f"Nk <= {bs_op.ONE_LOOP_MAX_NK}: short_sequence_config (one loop, host TMA, 3 stages)",
         config_override=args.config,
