@@ -15,7 +15,8 @@ For each shape and N (default 8K 32K 128K 256K):
 2. dense causal attention with torch SDPA's cuDNN backend in the same run (once, with CUDA events, where
    ``do_bench`` would take too long: N >= 256K); planning is reported as a percentage of it;
 3. end to end at 32K and 128K (Llama shape): ``sparsekit.build("proxyattn", kernel="triton")`` (plan + the
-   Triton block-sparse kernel) against SDPA cuDNN and flash (dense causal), with the plan's density;
+   Triton block-sparse kernel) against SDPA cuDNN and flash (dense causal), with the plan's density; one row per
+   ``--e2e-gamma`` (the budget's gamma; 0.95 is the preset);
 4. a 1M-token plan + attend of one Llama layer: ``torch.cuda.max_memory_allocated`` (OOM caught and
    reported), timings, density and ``max_k``.
 
@@ -211,10 +212,11 @@ def time_dense(backend_name: str, q, k, v, n: int, once_from: int) -> tuple[floa
 # planning
 
 
-def build(shape: str, impl: str, kernel: str = "triton"):
+def build(shape: str, impl: str, kernel: str = "triton", gamma: float | None = None):
     g = SHAPES[shape]["g"]
+    budget = {"impl": impl} if gamma is None else {"impl": impl, "gamma": gamma}
     return sparsekit.build("proxyattn", estimator={"g": g, "stride": STRIDE, "impl": impl},
-                           budget={"impl": impl}, kernel=kernel)
+                           budget=budget, kernel=kernel)
 
 
 def time_planning(attn, q, k, n: int, prefix: str, common: dict) -> dict:
@@ -275,10 +277,18 @@ def run_e2e(n: int, args) -> None:
     for backend in ("cudnn", "flash"):
         ms, how = time_dense(backend, q, k, v, n, args.dense_once_from)
         row(**common, impl=f"e2e_sdpa_{backend}_dense_causal", ms=ms, note=how)
+    for gamma in args.e2e_gamma:
+        _e2e_sparse(shape, n, q, k, v, gamma, common)
+    del q, k, v
+    torch.cuda.empty_cache()
+
+
+def _e2e_sparse(shape: str, n: int, q, k, v, gamma: float, common: dict) -> None:
+    impl = "e2e_proxyattn_triton" + ("" if gamma == 0.95 else f"_gamma{gamma:g}")
     try:
-        attn = build(shape, "auto", kernel="triton")
+        attn = build(shape, "auto", kernel="triton", gamma=gamma)
         plan = attn.plan(q, k, timed=False)
-        row(**common, impl="e2e_proxyattn_triton", ms=bench_ms(lambda: attn(q, k, v), n),
+        row(**common, impl=impl, gamma=gamma, ms=bench_ms(lambda: attn(q, k, v), n),
             plan_ms=bench_ms(lambda: attn.plan(q, k, timed=False), n),
             attend_ms=bench_ms(lambda: attn.run(plan, v), n), density=float(plan.density), max_k=int(plan.layout.max_k))
         # accuracy against dense on the last 1024 rows (cheap): relative error and attention recall
@@ -292,12 +302,10 @@ def run_e2e(n: int, args) -> None:
                                                  v.repeat_interleave(grp, 1), is_causal=False,
                                                  attn_mask=_tail_causal_mask(tail, n, q.device))
         rel = float((out[:, :, -tail:].float() - ref.float()).norm() / ref.float().norm())
-        row(**common, impl="e2e_proxyattn_accuracy", rel_err_last_1024_rows=rel)
+        row(**common, impl=impl.replace("_triton", "_accuracy"), gamma=gamma, rel_err_last_1024_rows=rel)
     except Exception as e:  # noqa: BLE001
         traceback.print_exc()
-        row(**common, impl="e2e_proxyattn_triton", error=_err(e))
-    del q, k, v
-    torch.cuda.empty_cache()
+        row(**common, impl=impl, gamma=gamma, error=_err(e))
 
 
 def _tail_causal_mask(tail: int, n: int, device) -> torch.Tensor:
@@ -382,6 +390,8 @@ def main() -> None:
     ap.add_argument("--n", nargs="+", default=["8k", "32k", "128k", "256k"])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--e2e-n", nargs="*", default=["32k", "128k"])
+    ap.add_argument("--e2e-gamma", nargs="+", type=float, default=[0.95],
+                    help="budget gamma of each end-to-end configuration (0.95: the preset)")
     ap.add_argument("--mem-n", default="1m", help="length of the plan+attend memory check ('' to skip)")
     ap.add_argument("--torch-max-n", type=parse_n, default=parse_n("32k"),
                     help="also time the plain-torch stages up to this N")
