@@ -1,5 +1,5 @@
 """Helpers shared by the kernels: ``@triton.jit`` code of the planning kernels (``proxy_scores``,
-``last_block_mass``) and the launchers' tile-size arithmetic."""
+``last_block_mass``, ``topk_compact``, ``topk_rank``) and the launchers' tile-size arithmetic."""
 
 from __future__ import annotations
 
@@ -15,6 +15,26 @@ ONE_PASS_MAX_SCRATCH_MB = 1024
 def pow2_at_least(n: int, floor: int = 16) -> int:
     """The smallest power of two >= ``n``, at least ``floor`` (``tl.arange`` extents are powers of two)."""
     return max(floor, 1 << max(0, (n - 1).bit_length()))
+
+
+@triton.jit
+def _head_row(pid, n, Hq, HPG):
+    """``(b, h, i, g)``, int64, of program ``pid`` over the ``B * n * Hq`` (sequence, q-block row, head) rows,
+    heads fastest: the heads of one score group (``g = h // HPG``), which read the same group row, run side by
+    side. int64 because row offsets of a 1M-token layout exceed 2^31 once B > 1."""
+    pid = pid.to(tl.int64)
+    h = pid % Hq
+    bi = pid // Hq
+    return bi // n, h, bi % n, h // HPG
+
+
+@triton.jit
+def _kept_in_tile(rank, count, valid, kept_before):
+    """One tile of a stable compaction by rank: ``(keep, cs, n)``: the lanes ranked below ``count``, the kept
+    lanes up to and including each lane (``kept_before`` from earlier tiles counted in) and the tile's kept total."""
+    keep = (rank < count) & valid
+    k32 = keep.to(tl.int32)
+    return keep, tl.cumsum(k32, 0) + kept_before, tl.sum(k32, 0)
 
 
 @triton.jit

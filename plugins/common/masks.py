@@ -12,9 +12,12 @@ from sparsekit import AttentionProblem, BlockLayout, BlockScores, Budget, MaskBu
 from sparsekit.errors import ConfigError, invalid
 from sparsekit.kernels._checks import triton_installed
 from sparsekit.kernels.topk_compact.naive import topk_compact_naive
+from sparsekit.kernels.topk_rank.naive import forced_count
 from sparsekit.stages import positive_int
 
 IMPLS = ("auto", "torch", "triton")
+
+__all__ = ["TopKMask", "forced_blocks", "forced_count", "topk_rank_rows_per_chunk", "topk_rows_per_chunk"]
 
 
 def _impl_choice(inst: object, attr: attrs.Attribute, value: object) -> None:
@@ -36,22 +39,6 @@ def forced_blocks(problem: AttentionProblem, sink: bool, diagonal: bool) -> torc
     return forced & vis
 
 
-def forced_count(first: Tensor, last: Tensor, visible: Tensor, sink: bool, diagonal: bool) -> Tensor:
-    """int64 ``[B, nQb]``: ``forced_blocks(...).sum(-1)`` from the block bounds alone (no ``nKb`` axis).
-
-    The diagonal blocks ``[first, last]`` (``first <= last``; both negative when a non-causal q-block's rows
-    lie before the keys) clipped to the visible prefix, plus the sink block 0 when the q-block sees anything
-    and the diagonal does not already hold block 0. Never more than ``visible``."""
-    if not diagonal:
-        return (visible > 0).long() if sink else torch.zeros_like(visible)
-    lo = first.clamp_min(0)
-    n = (torch.minimum(last + 1, visible) - lo).clamp_min_(0)  # blocks max(first, 0) .. min(last, visible - 1)
-    if sink:
-        # block 0 lies outside [first, last] iff max(first, 0) > min(last, 0) (first > 0 or last < 0)
-        n = n + ((visible > 0) & (lo > last.clamp_max(0)))
-    return n
-
-
 def topk_rows_per_chunk(B: int, Hq: int, G: int, nKb: int, max_k: int, score_bytes: int, chunk_mb: int,
                         head_bytes: int = 21) -> int:
     """q-block rows :meth:`TopKMask.build` processes at once so that its temporaries stay within ``chunk_mb``
@@ -69,6 +56,12 @@ def topk_rows_per_chunk(B: int, Hq: int, G: int, nKb: int, max_k: int, score_byt
     return max(1, (chunk_mb << 20) // max(per_row, 1))
 
 
+def topk_rank_rows_per_chunk(B: int, G: int, nKb: int, chunk_mb: int) -> int:
+    """q-block rows the Triton path of :meth:`TopKMask.build` ranks at once: its one temporary, the int32 rank
+    tensor ``[B, G, rows, nKb]`` (``4 * B*G*nKb`` bytes per row), stays within ``chunk_mb`` MiB (one row at least)."""
+    return max(1, (chunk_mb << 20) // max(4 * B * G * nKb, 1))
+
+
 @attrs.frozen
 class TopKMask(MaskBuilder):
     """Keep, per (batch, head, q-block), the ``count`` highest-scoring visible kv-blocks.
@@ -78,11 +71,21 @@ class TopKMask(MaskBuilder):
 
     Tuning knobs (results do not depend on them): ``chunk_mb``: the q-block rows are processed in chunks whose
     temporaries stay within about ``chunk_mb`` MiB, so the stage needs the layout itself plus that. ``impl``:
-    the per-head compaction runs as one Triton kernel (``sparsekit.kernels.topk_compact``; ``"auto"`` picks it
-    on CUDA) or as plain torch (``"torch"``, the kernel's reference twin; ``"auto"`` elsewhere).
 
-    One host synchronisation: ``max_k = count.max()`` sizes the layout (it depends on the budget's data). The
-    group sort is queued before it when it fits in one chunk at any ``max_k``.
+    * ``"triton"`` (``"auto"`` on CUDA): two Triton launches, ``sparsekit.kernels.topk_rank``. Launch A, per
+      (sequence, group, q-block): the heads' counts, their maximum (one ``atomic_max`` into a 4-byte device
+      buffer) and every block's rank in the group's order (one ``tl.sort`` of packed int64 keys); launch B, per
+      (sequence, head, q-block): the blocks ranked below the count, ascending, then 0 padding, straight into the
+      layout. Its one temporary is the int32 rank tensor ``[B, G, nQb, nKb]``; when that exceeds ``chunk_mb``,
+      launch A first computes the counts and maximum of all rows, then each chunk of rows runs launch A (ranks
+      only) and launch B. Up to ``MAX_BLOCKS`` kv-blocks (else, or for other inputs the kernel refuses, the
+      torch-sort path below with its ``topk_compact`` Triton compaction).
+    * ``"torch"`` (``"auto"`` elsewhere; the reference): torch sorts per group, then the per-head compaction in
+      plain torch (``topk_compact_naive``).
+
+    One host synchronisation: ``max_k = count.max()`` sizes the layout (it depends on the budget's data); on the
+    Triton path it reads the 4-byte maximum, queued after launch A (ranks included when they fit one chunk). On
+    the torch path the group sort is queued before it when it fits in one chunk at any ``max_k``.
     """
 
     name: ClassVar[str] = "topk"
@@ -101,13 +104,15 @@ class TopKMask(MaskBuilder):
         G = scores.groups
         dev = problem.device
         first, last, visible = problem.block_bounds()  # [B, nQb]
+        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda" and triton_installed())
+        if use_triton and not _rank_reasons(scores.scores, first, last, visible, budget.value):
+            return self._build_ranked(problem, scores.scores, budget.value)
         j = torch.arange(nKb, device=dev)
 
         # the layout's counts: the budget clamped to [forced, visible] (forced <= visible), written as int32
         forced = forced_count(first, last, visible, self.sink, self.diagonal)
         counts32 = torch.clamp(budget.value, forced[:, None, :], visible[:, None, :],
                                out=torch.empty(B, Hq, nQb, dtype=torch.int32, device=dev))
-        use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda" and triton_installed())
         head_bytes = 0 if use_triton else 21
         s_bytes = scores.scores.element_size()
         # The group sort does not depend on max_k: when one chunk holds every row even at max_k = nKb (the most
@@ -143,6 +148,33 @@ class TopKMask(MaskBuilder):
             del asc, rank
         return BlockLayout.for_problem(problem, counts32, out)
 
+    def _build_ranked(self, problem: AttentionProblem, scores: Tensor, budget: Tensor) -> BlockLayout:
+        """The Triton path: two launches (launch A per chunk too when the rank tensor exceeds ``chunk_mb``)."""
+        from sparsekit.kernels.topk_rank import op
+
+        B, Hq, nQb, nKb = problem.B, problem.Hq, problem.nQb, problem.nKb
+        first, last, visible = problem.block_bounds()  # [B, nQb]
+        step = topk_rank_rows_per_chunk(B, scores.shape[1], nKb, self.chunk_mb)
+        whole = step >= nQb
+        # launch A: the counts of every row, their maximum, and the ranks when all rows fit one chunk
+        rank, counts32, max_buf = op.topk_rank(scores, first, last, visible, self.sink, self.diagonal, budget,
+                                               ranks=whole)
+        max_k = int(max_buf)  # the one host sync: a 4-byte read; max_k sizes the layout
+        if max_k == 0:
+            empty = torch.zeros(B, Hq, nQb, 0, dtype=torch.int32, device=problem.device)
+            return BlockLayout.for_problem(problem, counts32, empty)
+        out = torch.empty(B, Hq, nQb, max_k, dtype=torch.int32, device=problem.device)
+        if whole:
+            op.topk_select(rank, counts32, visible, out)  # launch B: every slot of the layout written once
+        else:
+            for i0 in range(0, nQb, step):
+                rows = slice(i0, min(i0 + step, nQb))
+                rank, _, _ = op.topk_rank(scores[:, :, rows], first[:, rows], last[:, rows], visible[:, rows],
+                                          self.sink, self.diagonal)
+                op.topk_select(rank, counts32[:, :, rows], visible[:, rows], out[:, :, rows])
+                del rank  # at most one chunk's ranks alive
+        return BlockLayout.for_problem(problem, counts32, out)
+
     def _group_order(self, scores: Tensor, first: Tensor, last: Tensor, visible: Tensor, j: Tensor) -> Tensor:
         """int64 ``[B, G, n, nKb]``: one stable descending sort per score group of the q-block rows of ``scores``
         ``[B, G, n, nKb]``: forced blocks first, invisible blocks last, NaN scores as ``-inf``, ties to the lower
@@ -154,3 +186,12 @@ class TopKMask(MaskBuilder):
             key.select(-1, 0).fill_(float("inf"))
         key.masked_fill_((j >= visible[:, :, None])[:, None], float("-inf"))  # last: invisible beats forced
         return torch.sort(key, dim=-1, descending=True, stable=True).indices
+
+
+def _rank_reasons(scores: Tensor, first: Tensor, last: Tensor, visible: Tensor, budget: Tensor) -> list[str]:
+    """Why the ``topk_rank`` kernels cannot build this layout (empty: they can)."""
+    if not triton_installed():
+        return ["triton is not installed"]
+    from sparsekit.kernels.topk_rank import op
+
+    return op.not_supported_reasons(scores, first, last, visible, budget)
