@@ -79,11 +79,15 @@ def assert_same(new: BlockLayout, old: BlockLayout) -> None:
     assert new.kv_indices.is_contiguous() and new.kv_counts.is_contiguous()
 
 
-def make_problem(B, Hq, Nq, Nk, bq, bk, causal, q_lens=None, k_lens=None, D=4) -> AttentionProblem:
-    q = torch.zeros(B, Hq, Nq, D)
-    k = torch.zeros(B, 1, Nk, D)
-    ql = None if q_lens is None else torch.tensor(q_lens)
-    kl = None if k_lens is None else torch.tensor(k_lens)
+#: where impl="triton" runs: compiled on a GPU, else the interpreter on the CPU (tests/conftest.py)
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_problem(B, Hq, Nq, Nk, bq, bk, causal, q_lens=None, k_lens=None, D=4, device="cpu") -> AttentionProblem:
+    q = torch.zeros(B, Hq, Nq, D, device=device)
+    k = torch.zeros(B, 1, Nk, D, device=device)
+    ql = None if q_lens is None else torch.tensor(q_lens, device=device)
+    kl = None if k_lens is None else torch.tensor(k_lens, device=device)
     return AttentionProblem.create(q, k, block_q=bq, block_k=bk, causal=causal, q_lens=ql, k_lens=kl)
 
 
@@ -150,7 +154,8 @@ def check_against_old(geom, kind, rows_per_chunk, monkeypatch, impl):
     B, Hq, Nq, Nk, bq, bk, causal = geom
     if rows_per_chunk is not None:
         monkeypatch.setattr(masks, "topk_rows_per_chunk", lambda *a, **kw: rows_per_chunk)
-    prob = make_problem(B, Hq, Nq, Nk, bq, bk, causal)
+    dev = TRITON_DEVICE if impl == "triton" else "cpu"
+    prob = make_problem(B, Hq, Nq, Nk, bq, bk, causal, device=dev)
     seed = sum(geom[:6]) * 7 + len(kind)
     gen = torch.Generator().manual_seed(seed)
     n_cases = 0
@@ -159,8 +164,8 @@ def check_against_old(geom, kind, rows_per_chunk, monkeypatch, impl):
         for mode in ("any", "per_head") if quick else ("any", "small", "per_head"):
             for sink, diagonal in ((True, True), (False, False)) if quick else (
                     (True, True), (False, False), (True, False), (False, True)):
-                scores = BlockScores(random_scores(kind, (B, G, prob.nQb, prob.nKb), gen))
-                budget = Budget("count", random_budget((B, Hq, prob.nQb), prob.nKb, gen, mode))
+                scores = BlockScores(random_scores(kind, (B, G, prob.nQb, prob.nKb), gen).to(dev))
+                budget = Budget("count", random_budget((B, Hq, prob.nQb), prob.nKb, gen, mode).to(dev))
                 new = TopKMask(sink=sink, diagonal=diagonal, impl=impl).build(prob, scores, budget)
                 assert_same(new, old_topk(prob, scores, budget, sink, diagonal))
                 new.validate()
@@ -174,12 +179,13 @@ def test_topk_varlen_direct(causal, rows_per_chunk, impl, monkeypatch):
     if rows_per_chunk is not None:
         monkeypatch.setattr(masks, "topk_rows_per_chunk", lambda *a, **kw: rows_per_chunk)
     ql, kl = [150, 61, 20, 1], [250, 100, 170, 33]
-    prob = make_problem(4, 4, 150, 250, 32, 16, causal, q_lens=ql, k_lens=kl)
+    dev = TRITON_DEVICE if impl == "triton" else "cpu"
+    prob = make_problem(4, 4, 150, 250, 32, 16, causal, q_lens=ql, k_lens=kl, device=dev)
     gen = torch.Generator().manual_seed(3)
     for G in (1, 2, 4) if impl == "torch" else (2,):
         for kind in ("ties", "special", "float") if impl == "torch" else ("special",):
-            scores = BlockScores(random_scores(kind, (4, G, prob.nQb, prob.nKb), gen))
-            budget = Budget("count", random_budget((4, 4, prob.nQb), prob.nKb, gen, "any"))
+            scores = BlockScores(random_scores(kind, (4, G, prob.nQb, prob.nKb), gen).to(dev))
+            budget = Budget("count", random_budget((4, 4, prob.nQb), prob.nKb, gen, "any").to(dev))
             for sink, diagonal in ((True, True), (False, False)):
                 assert_same(TopKMask(sink=sink, diagonal=diagonal, impl=impl).build(prob, scores, budget),
                             old_topk(prob, scores, budget, sink, diagonal))
