@@ -17,6 +17,13 @@ from sparsekit.stages import positive_int
 
 IMPLS = ("auto", "torch", "triton")
 
+#: Most kv-blocks for which the Triton path ranks with ``kernels/topk_rank`` (one in-register sort per row); above,
+#: it sorts with torch and compacts with ``kernels/topk_compact``. Measured on an H200 with the Llama-3.1-8B shape
+#: (``benchmarks/probes/topk_paths.py``, ``topk_paths_h200_2026-12-03.json``): rank kernels 0.100 / 0.219 ms vs
+#: 0.432 / 0.428 ms at 256 / 1024 kv-blocks (32K / 128K tokens), but 0.722 / 15.2 ms vs 0.542 / 8.77 ms at
+#: 2048 / 8192 (256K / 1M), where the per-row bitonic sort costs more than torch's segmented sort.
+RANK_MAX_BLOCKS = 1024
+
 __all__ = ["TopKMask", "forced_blocks", "forced_count", "topk_rank_rows_per_chunk", "topk_rows_per_chunk"]
 
 
@@ -78,8 +85,9 @@ class TopKMask(MaskBuilder):
       (sequence, head, q-block): the blocks ranked below the count, ascending, then 0 padding, straight into the
       layout. Its one temporary is the int32 rank tensor ``[B, G, nQb, nKb]``; when that exceeds ``chunk_mb``,
       launch A first computes the counts and maximum of all rows, then each chunk of rows runs launch A (ranks
-      only) and launch B. Up to ``MAX_BLOCKS`` kv-blocks (else, or for other inputs the kernel refuses, the
-      torch-sort path below with its ``topk_compact`` Triton compaction).
+      only) and launch B. Up to ``RANK_MAX_BLOCKS`` kv-blocks (1024: 128K tokens at 128-token blocks, where it was
+      measured faster); above, or for inputs the kernel refuses, torch sorts per group and the ``topk_compact``
+      Triton kernel compacts per head.
     * ``"torch"`` (``"auto"`` elsewhere; the reference): torch sorts per group, then the per-head compaction in
       plain torch (``topk_compact_naive``).
 
@@ -105,7 +113,8 @@ class TopKMask(MaskBuilder):
         dev = problem.device
         first, last, visible = problem.block_bounds()  # [B, nQb]
         use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda" and triton_installed())
-        if use_triton and not _rank_reasons(scores.scores, first, last, visible, budget.value):
+        if use_triton and nKb <= RANK_MAX_BLOCKS and not _rank_reasons(scores.scores, first, last, visible,
+                                                                       budget.value):
             return self._build_ranked(problem, scores.scores, budget.value)
         j = torch.arange(nKb, device=dev)
 

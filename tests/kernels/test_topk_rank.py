@@ -233,6 +233,24 @@ def test_mask_falls_back_above_max_blocks(monkeypatch):
     assert not ranks
 
 
+def test_mask_sorts_with_torch_above_rank_max_blocks(monkeypatch):
+    """Above ``masks.RANK_MAX_BLOCKS`` (measured: the torch sort wins from 2048 kv-blocks) the Triton path sorts with
+    torch and compacts with ``topk_compact``: no rank launch, the same layout."""
+    assert masks.RANK_MAX_BLOCKS == 1024
+    monkeypatch.setattr(masks, "RANK_MAX_BLOCKS", 7)
+    ranks = spy(monkeypatch, "topk_rank")
+    gen = torch.Generator().manual_seed(6)
+    for nk in (112, 128):  # 7 kv-blocks: ranked; 8: sorted with torch
+        prob = make_problem(1, 4, 112, nk, 16, 16, True)
+        scores = random_scores("special", (1, 1, 7, prob.nKb), gen).to(DEVICE)
+        budget = torch.randint(-2, 12, (1, 4, 7), generator=gen, dtype=torch.int32).to(DEVICE)
+        got = TopKMask(impl="triton").build(prob, BlockScores(scores), Budget("count", budget))
+        want = TopKMask(impl="torch").build(make_problem(1, 4, 112, nk, 16, 16, True, device="cpu"),
+                                            BlockScores(scores.cpu()), Budget("count", budget.cpu()))
+        assert_same_layout(got, want)
+    assert len(ranks) == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # bad inputs
 
