@@ -23,6 +23,19 @@ def tolerance(out: torch.Tensor, naive: torch.Tensor, ref: torch.Tensor, floor: 
     return 2 * float((naive.double() - ref.double()).abs().max()) + floor
 
 
+def shape_problem(B: int, Hq: int, Nq: int, Nk: int, bq: int, bk: int, causal: bool, q_lens=None, k_lens=None, *,
+                  D: int = 2, device: str = "cpu"):
+    """An ``AttentionProblem`` for stages that read only its geometry (masks): tiny q/k (``D`` wide, one KV head),
+    per-sequence lengths as lists."""
+    from sparsekit import AttentionProblem
+
+    q = torch.zeros(B, Hq, Nq, D, device=device)
+    k = torch.zeros(B, 1, Nk, D, device=device)
+    ql = None if q_lens is None else torch.tensor(q_lens, device=device)
+    kl = None if k_lens is None else torch.tensor(k_lens, device=device)
+    return AttentionProblem.create(q, k, block_q=bq, block_k=bk, causal=causal, q_lens=ql, k_lens=kl)
+
+
 @pytest.fixture
 def device() -> str:
     return DEVICE

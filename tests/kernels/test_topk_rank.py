@@ -29,6 +29,11 @@ F32 = torch.finfo(torch.float32)
 SPECIAL = torch.tensor([float("nan"), float("inf"), float("-inf"), F32.max, F32.min, 0.0, -0.0, 1e-45, -1e-45,
                         F32.tiny, 1.0, -1.0, 0.5])
 
+try:  # tests/conftest.py (rootdir conftest, no package)
+    from conftest import shape_problem
+except ImportError:  # pragma: no cover - other import modes
+    from tests.conftest import shape_problem
+
 GEOMS = [  # B, Hq, Nq, Nk, bq, bk, causal, q_lens, k_lens
     (1, 4, 128, 128, 16, 16, True, None, None),  # 8 kv-blocks
     (2, 7, 100, 260, 32, 16, True, None, None),  # chunked prefill (two diagonal blocks), bq != bk, nKb = 17
@@ -41,11 +46,7 @@ IDS = ["B{}H{}q{}k{}b{}x{}{}{}".format(*g[:6], "c" if g[6] else "n", "v" if g[7]
 
 
 def make_problem(B, Hq, Nq, Nk, bq, bk, causal, q_lens=None, k_lens=None, device=DEVICE) -> AttentionProblem:
-    q = torch.randn(B, Hq, Nq, 2, device=device)
-    k = torch.randn(B, 1, Nk, 2, device=device)
-    ql = None if q_lens is None else torch.tensor(q_lens, device=device)
-    kl = None if k_lens is None else torch.tensor(k_lens, device=device)
-    return AttentionProblem.create(q, k, block_q=bq, block_k=bk, causal=causal, q_lens=ql, k_lens=kl)
+    return shape_problem(B, Hq, Nq, Nk, bq, bk, causal, q_lens, k_lens, device=device)
 
 
 def random_scores(kind: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:

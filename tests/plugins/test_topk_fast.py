@@ -79,16 +79,17 @@ def assert_same(new: BlockLayout, old: BlockLayout) -> None:
     assert new.kv_indices.is_contiguous() and new.kv_counts.is_contiguous()
 
 
+try:  # tests/conftest.py (rootdir conftest, no package)
+    from conftest import shape_problem
+except ImportError:  # pragma: no cover - other import modes
+    from tests.conftest import shape_problem
+
 #: where impl="triton" runs: compiled on a GPU, else the interpreter on the CPU (tests/conftest.py)
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_problem(B, Hq, Nq, Nk, bq, bk, causal, q_lens=None, k_lens=None, D=4, device="cpu") -> AttentionProblem:
-    q = torch.zeros(B, Hq, Nq, D, device=device)
-    k = torch.zeros(B, 1, Nk, D, device=device)
-    ql = None if q_lens is None else torch.tensor(q_lens, device=device)
-    kl = None if k_lens is None else torch.tensor(k_lens, device=device)
-    return AttentionProblem.create(q, k, block_q=bq, block_k=bk, causal=causal, q_lens=ql, k_lens=kl)
+    return shape_problem(B, Hq, Nq, Nk, bq, bk, causal, q_lens, k_lens, D=D, device=device)
 
 
 def random_scores(kind: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
