@@ -12,6 +12,12 @@ import triton.language as tl
 ONE_PASS_MAX_SCRATCH_MB = 1024
 
 
+def one_pass_for(scratch_bytes: int, override: bool | None = None) -> bool:
+    """Whether a planning kernel walks the keys once: ``override`` (a config's ``one_pass``) when given, else
+    whenever its per-tile scratch of ``scratch_bytes`` fits in ``ONE_PASS_MAX_SCRATCH_MB``."""
+    return scratch_bytes <= ONE_PASS_MAX_SCRATCH_MB << 20 if override is None else override
+
+
 def pow2_at_least(n: int, floor: int = 16) -> int:
     """The smallest power of two >= ``n``, at least ``floor`` (``tl.arange`` extents are powers of two)."""
     return max(floor, 1 << max(0, (n - 1).bit_length()))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
-from .._triton_common import ONE_PASS_MAX_SCRATCH_MB, pow2_at_least
+from .._triton_common import one_pass_for, pow2_at_least
 from . import kernel as _kernel
 
 
@@ -65,7 +65,7 @@ class KernelConfig:
     """Kernel tiling: ``block_n`` keys per tile (a power of two >= 16 dividing ``block_k``);
     ``split_blocks`` kv-blocks per key split (``None``: aim at ``TARGET_PROGRAMS`` programs); ``one_pass``: walk the
     keys once, keeping each tile's row statistics in a float32 scratch for the block sums (``None``: when the
-    scratch fits in ``ONE_PASS_MAX_SCRATCH_MB``, see ``tile_stats_bytes``)."""
+    scratch fits, ``one_pass_for`` with ``tile_stats_bytes``)."""
 
     block_n: int
     num_warps: int
@@ -194,7 +194,7 @@ def last_block_mass(
     l_part = torch.empty_like(m_part)
     n_tiles = n_kb * (block_k // cfg.block_n)
     nbytes = tile_stats_bytes(B * Hq, n_kb, block_k, cfg.block_n, block_m)
-    one_pass = nbytes <= ONE_PASS_MAX_SCRATCH_MB << 20 if cfg.one_pass is None else cfg.one_pass
+    one_pass = one_pass_for(nbytes, cfg.one_pass)
     # one pass: per-tile row statistics, uninitialised (the block sums read only the tiles the stats wrote)
     t_max = torch.empty(nbytes // 8, dtype=torch.float32, device=q.device) if one_pass else m_part
     t_sum = torch.empty_like(t_max) if one_pass else l_part  # (unused pointers with two passes)

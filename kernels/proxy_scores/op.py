@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
-from .._triton_common import ONE_PASS_MAX_SCRATCH_MB, pow2_at_least
+from .._triton_common import one_pass_for, pow2_at_least
 from . import kernel as _kernel
 
 
@@ -101,15 +101,11 @@ def q_blocks_for(programs: int, block_s: int) -> int:
 
 def tmax_scratch_bytes(programs: int, n_kb: int, block_k: int, block_n: int, rows: int) -> int:
     """Bytes of the one-pass scratch: a float32 row max per program row and kv-tile (``rows`` = R x BLOCK_S
-    sampled rows per program, ``programs`` = programs of the unsplit grid or B x G x nQb on the split path)."""
+    sampled rows per program, ``programs`` = programs of the unsplit grid or B x G x nQb on the split path).
+    Stride 4, 128-token blocks: 128 MiB for the Llama-3.1-8B shape (G=1) at 128K, 512 MiB at 256K and for the
+    Qwen2.5-7B shape (G=4) at 128K; under ``one_pass_for``'s 1 GiB the Llama shape walks twice from 512K on
+    (2 GiB), where the estimate is ~1% of dense attention."""
     return 4 * programs * n_kb * (block_k // block_n) * rows
-
-
-def one_pass_for(scratch_bytes: int) -> bool:
-    """The automatic rule: one pass whenever its scratch fits in ``ONE_PASS_MAX_SCRATCH_MB``. Stride 4, 128-token
-    blocks: 128 MiB for the Llama-3.1-8B shape (G=1) at 128K, 512 MiB at 256K and for the Qwen2.5-7B shape (G=4)
-    at 128K; the Llama shape walks twice from 512K on (2 GiB), where the estimate is ~1% of dense attention."""
-    return scratch_bytes <= ONE_PASS_MAX_SCRATCH_MB << 20
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: int) -> KernelConfig:
@@ -273,7 +269,7 @@ def _tmax_scratch(cfg: KernelConfig, programs: int, n_kb: int, block_k: int, row
     """The one-pass scratch ``[programs, nKb * block_k // block_n, rows]`` float32 (uninitialised: each program
     writes the tiles it reads), or None for two passes (``cfg.one_pass``, else ``one_pass_for``)."""
     nbytes = tmax_scratch_bytes(programs, n_kb, block_k, cfg.block_n, rows)
-    if not (one_pass_for(nbytes) if cfg.one_pass is None else cfg.one_pass):
+    if not one_pass_for(nbytes, cfg.one_pass):
         return None
     return torch.empty(nbytes // 4, dtype=torch.float32, device=device)
 
