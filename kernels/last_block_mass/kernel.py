@@ -29,8 +29,10 @@ from .._triton_common import _combine_split_lse, _dot, _tile_scores
 @triton.jit
 def _setup(Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
            H, GROUP, Nq, Nk, M_ROWS, SPLIT_N,
-           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    # shared prologue: this program's head, rows, q tile, K pointers and key range
+           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+           SKIP_Q: tl.constexpr):
+    # shared prologue: this program's head, rows, q tile (SKIP_Q: 0 instead, the caller computes no score), K
+    # pointers and key range
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b = pid_bh // H
@@ -43,9 +45,12 @@ def _setup(Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_k
     offs_n = tl.arange(0, BLOCK_N)
 
     # load q once (padding rows read as 0)
-    q_ptrs = (Q + b64 * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None].to(tl.int64) * stride_qm
-              + offs_d[None, :] * stride_qd)
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    if SKIP_Q:
+        q = 0.0
+    else:
+        q_ptrs = (Q + b64 * stride_qb + h.to(tl.int64) * stride_qh + rows[:, None].to(tl.int64) * stride_qm
+                  + offs_d[None, :] * stride_qd)
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
     k_base = (K + b64 * stride_kb + (h // GROUP).to(tl.int64) * stride_kh + offs_n[:, None] * stride_kn
               + offs_d[None, :] * stride_kd)
 
@@ -99,7 +104,7 @@ def _lbm_row_stats(
 ):
     pid_bh, split, row_ok, q, k_base, q_pos, offs_n, k_lo, k_hi, fast_hi = _setup(
         Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-        H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)
+        H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL, False)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -160,7 +165,8 @@ def _lbm_block_mass(
 ):
     pid_bh, split, row_ok, q, k_base, q_pos, offs_n, k_lo, k_hi, fast_hi = _setup(
         Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-        H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL)
+        H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL,
+        ONE_PASS)  # one pass: the block sums read the tile statistics, not q
 
     # combine every split's row max / row sum into the row lse
     offs_m = tl.arange(0, BLOCK_M)
