@@ -115,7 +115,7 @@ class TopKMask(MaskBuilder):
         use_triton = self.impl == "triton" or (self.impl == "auto" and dev.type == "cuda" and triton_installed())
         if use_triton and nKb <= RANK_MAX_BLOCKS and not _rank_reasons(scores.scores, first, last, visible,
                                                                        budget.value):
-            return self._build_ranked(problem, scores.scores, budget.value)
+            return self._build_ranked(problem, scores.scores, budget.value, first, last, visible)
         j = torch.arange(nKb, device=dev)
 
         # the layout's counts: the budget clamped to [forced, visible] (forced <= visible), written as int32
@@ -157,17 +157,18 @@ class TopKMask(MaskBuilder):
             del asc, rank
         return BlockLayout.for_problem(problem, counts32, out)
 
-    def _build_ranked(self, problem: AttentionProblem, scores: Tensor, budget: Tensor) -> BlockLayout:
-        """The Triton path: two launches (launch A per chunk too when the rank tensor exceeds ``chunk_mb``)."""
+    def _build_ranked(self, problem: AttentionProblem, scores: Tensor, budget: Tensor, first: Tensor, last: Tensor,
+                      visible: Tensor) -> BlockLayout:
+        """The Triton path: two launches (launch A per chunk too when the rank tensor exceeds ``chunk_mb``), on
+        inputs ``_rank_reasons`` accepted; ``first``, ``last``, ``visible``: the problem's block bounds."""
         from sparsekit.kernels.topk_rank import op
 
         B, Hq, nQb, nKb = problem.B, problem.Hq, problem.nQb, problem.nKb
-        first, last, visible = problem.block_bounds()  # [B, nQb]
         step = topk_rank_rows_per_chunk(B, scores.shape[1], nKb, self.chunk_mb)
         whole = step >= nQb
         # launch A: the counts of every row, their maximum, and the ranks when all rows fit one chunk
         rank, counts32, max_buf = op.topk_rank(scores, first, last, visible, self.sink, self.diagonal, budget,
-                                               ranks=whole)
+                                               ranks=whole, checked=True)
         max_k = int(max_buf)  # the one host sync: a 4-byte read; max_k sizes the layout
         if max_k == 0:
             empty = torch.zeros(B, Hq, nQb, 0, dtype=torch.int32, device=problem.device)
@@ -179,7 +180,7 @@ class TopKMask(MaskBuilder):
             for i0 in range(0, nQb, step):
                 rows = slice(i0, min(i0 + step, nQb))
                 rank, _, _ = op.topk_rank(scores[:, :, rows], first[:, rows], last[:, rows], visible[:, rows],
-                                          self.sink, self.diagonal)
+                                          self.sink, self.diagonal, checked=True)
                 op.topk_select(rank, counts32[:, :, rows], visible[:, rows], out[:, :, rows])
                 del rank  # at most one chunk's ranks alive
         return BlockLayout.for_problem(problem, counts32, out)
