@@ -7,26 +7,30 @@ from typing import Any
 
 from .config import PIPELINE_KEYS, SCALAR_KEYS, load_config, parse_spec
 from .errors import CompositionError, ConfigError, invalid
-from .pipeline import SparseAttention
+from .pipeline import SparseAttention, check_dense_above
 from .registry import Registry, get_registry
 from .stages import Budgeter, Estimator, Kernel, MaskBuilder, Stage
 
 _UNSET: Any = object()
 DEFAULTS: dict[str, Any] = {"estimator": None, "budget": None, "mask": {"name": "topk"}, "kernel": {"name": "auto"},
-                            "block_q": 128, "block_k": 128, "check_finite": False, "validate": False}
+                            "block_q": 128, "block_k": 128, "check_finite": False, "validate": False,
+                            "dense_above": None}
 
 
 def build(preset: str | Path | dict[str, Any] | None = None, *, estimator: Any = _UNSET, budget: Any = _UNSET,
           mask: Any = _UNSET, kernel: Any = _UNSET, block_q: int | None = None, block_k: int | None = None,
           config: str | Path | dict[str, Any] | None = None, check_finite: bool | None = None,
-          validate: bool | None = None, registry: Registry | None = None) -> SparseAttention:
+          validate: bool | None = None, dense_above: float | None = _UNSET,
+          registry: Registry | None = None) -> SparseAttention:
     """Compose an attention callable.
 
     ``preset`` names a registered preset (``"proxyattn"``) or is a config (dict or TOML path, same as
     ``config=``). Stage arguments take a name (``"proxy"``), a label with options (``"proxy(stride=8)"``),
     a dict ``{"name": ..., **options}``, a dict of options alone (overrides the preset's stage), a stage
     instance, or ``None`` (no such stage). The mask defaults to ``"topk"``; ``kernel="auto"`` (default)
-    picks, per call, the highest-priority kernel that can run the inputs.
+    picks, per call, the highest-priority kernel that can run the inputs. ``dense_above`` (a fraction in (0, 1],
+    default ``None``: off): when a plan's density reaches it, the call runs dense attention (a kernel declaring
+    ``dense = True``, e.g. ``sdpa``) instead of the layout.
     """
     reg = registry or get_registry()
     cfg: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
@@ -61,6 +65,8 @@ def build(preset: str | Path | dict[str, Any] | None = None, *, estimator: Any =
     for key, val in (("block_q", block_q), ("block_k", block_k), ("check_finite", check_finite), ("validate", validate)):
         if val is not None:
             cfg[key] = val
+    if dense_above is not _UNSET:  # None is a value here (off), overriding a preset's or config's threshold
+        cfg["dense_above"] = dense_above
     return from_config(cfg, reg)
 
 
@@ -90,6 +96,7 @@ def from_config(cfg: dict[str, Any], registry: Registry | None = None) -> Sparse
     for key in ("block_q", "block_k"):
         if full[key] not in (16, 32, 64, 128, 256, 512):
             raise invalid(key, full[key], "a power of two in 16..512", f"pass {key}=128", ConfigError)
+    dense_above = check_dense_above(full["dense_above"])  # before any stage is built
     est = _instantiate(reg, "estimator", parse_spec(full["estimator"], "estimator") if not isinstance(full["estimator"], Stage) else full["estimator"])
     bud = _instantiate(reg, "budget", parse_spec(full["budget"], "budget") if not isinstance(full["budget"], Stage) else full["budget"])
     if full["mask"] is None:
@@ -108,7 +115,8 @@ def from_config(cfg: dict[str, Any], registry: Registry | None = None) -> Sparse
     if ker is not None:
         kernels = [ker] + [k for k in kernels if k.name != ker.name]
     return SparseAttention(est, bud, msk, ker, kernels=kernels, block_q=full["block_q"], block_k=full["block_k"],
-                           check_finite=bool(full["check_finite"]), validate=bool(full["validate"]))
+                           check_finite=bool(full["check_finite"]), validate=bool(full["validate"]),
+                           dense_above=dense_above)
 
 
 def check_composition(est: Estimator | None, bud: Budgeter | None, msk: MaskBuilder, reg: Registry) -> None:

@@ -296,8 +296,9 @@ def stats(model: Any, *, sparse_only: bool = False) -> list[dict[str, Any]]:
     ``kv_len``, ``q_lens``/``k_lens`` (valid tokens per sequence when padded), and for sparse calls ``pipeline``,
     ``density`` (kept / causal blocks over the batch), ``density_per_head`` ``[B][Hq]``,
     ``budget_ratio_per_head`` ``[B][Hq]`` (dynamic budgets), ``timings_ms`` (with ``timing=True``: estimate,
-    budget, mask, attend, total incl. padding copies). ``sparse_only=True`` gives each layer's last *sparse*
-    call instead (e.g. the prefill, after ``generate()``'s decoding steps).
+    budget, mask, attend, total incl. padding copies), and with ``dense_above`` set ``dense_fallback`` (True: the
+    planned density reached it and ``kernel`` computed dense attention). ``sparse_only=True`` gives each layer's
+    last *sparse* call instead (e.g. the prefill, after ``generate()``'s decoding steps).
     """
     out: list[dict[str, Any]] = []
     for cfg in _model_configs(model):
@@ -591,9 +592,16 @@ def _sparse(pipe: SparseAttention, query: Tensor, key: Tensor, value: Tensor, ma
     record["reason"] = None
     if plan is not None:
         summary = plan.summary()
-        kernel = pipe.kernel if pipe.kernel is not None else pipe.select_kernel(plan.problem, vg, plan.layout)
+        if plan.info.get("dense_fallback"):  # dense_above reached: the dense kernel ran, the density is the plan's
+            kernel = pipe.dense_kernel(plan.problem, vg)
+        else:
+            kernel = pipe.kernel if pipe.kernel is not None else pipe.select_kernel(plan.problem, vg, plan.layout)
         record.update(pipeline=summary["name"], kernel=kernel.name, density=summary["density"],
                       density_per_head=summary["density_per_head"])
+        if pipe.dense_above is not None:
+            record["dense_fallback"] = bool(plan.info.get("dense_fallback"))
+            if "dense_fallback_reason" in plan.info:
+                record["dense_fallback_reason"] = plan.info["dense_fallback_reason"]
         if "budget_ratio_per_head" in summary:
             record["budget_ratio_per_head"] = summary["budget_ratio_per_head"]
         if timed:

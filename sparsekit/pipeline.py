@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .config import dump_config
-from .errors import UnsupportedError
+from .errors import ConfigError, UnsupportedError, invalid
 from .layout import BlockLayout
 from .problem import AttentionProblem, check_finite
 from .stages import Budgeter, Estimator, Kernel, MaskBuilder
@@ -60,6 +61,17 @@ def _timed(timings: dict[str, float], key: str, device: torch.device) -> Iterato
     timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1e3
 
 
+def check_dense_above(value: Any) -> float | None:
+    """``dense_above`` as a float in (0, 1], or ``None`` (off); anything else raises :class:`ConfigError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < float(value) <= 1.0):
+        raise invalid("dense_above", value, "None (off) or a number in (0, 1], the plan density from which dense "
+                      "attention runs instead of the layout", "pass dense_above=0.85, or None to turn it off",
+                      ConfigError)
+    return float(value)
+
+
 def _slice_scores(scores: BlockScores | None, b: int | None, p: AttentionProblem) -> BlockScores | None:
     if scores is None or b is None:
         return scores
@@ -77,16 +89,23 @@ class SparseAttention:
 
     ``attn(q, k, v)`` plans and attends; ``attn.plan(q, k)`` returns the :class:`Plan` alone;
     ``attn.run(plan, v)`` executes a plan. ``q [B, Hq, Nq, D]``, ``k/v [B, Hkv, Nk, D]``.
+
+    ``dense_above``: when a plan's density (kept / causal blocks) is at least this fraction, :meth:`run` computes
+    dense attention with a kernel declaring ``dense = True`` (``sdpa``) instead of the layout; ``None`` (default):
+    always the layout.
     """
 
     def __init__(self, estimator: Estimator | None, budgeter: Budgeter | None, mask: MaskBuilder,
                  kernel: Kernel | None, *, kernels: list[Kernel] | None = None, block_q: int = 128,
-                 block_k: int = 128, check_finite: bool = False, validate: bool = False) -> None:
+                 block_k: int = 128, check_finite: bool = False, validate: bool = False,
+                 dense_above: float | None = None) -> None:
         self.estimator, self.budgeter, self.mask, self.kernel = estimator, budgeter, mask, kernel
         self.kernels = kernels or []  # candidates for kernel="auto", highest priority first
         self.block_q, self.block_k = block_q, block_k
         self.check_finite, self.validate = check_finite, validate
+        self.dense_above = check_dense_above(dense_above)
         self._name_cache: tuple[tuple[Any, ...], str] = ((), "")
+        self._warned: set[str] = set()  # dense_above fallbacks that could not run, warned once each
 
     # identity --------------------------------------------------------------------------------
     @property
@@ -101,7 +120,8 @@ class SparseAttention:
         return name
 
     def __repr__(self) -> str:
-        return f"<SparseAttention {self.name} blocks={self.block_q}x{self.block_k}>"
+        dense = f" dense_above={self.dense_above}" if self.dense_above is not None else ""
+        return f"<SparseAttention {self.name} blocks={self.block_q}x{self.block_k}{dense}>"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -110,7 +130,7 @@ class SparseAttention:
         return {"estimator": spec(self.estimator), "budget": spec(self.budgeter), "mask": spec(self.mask),
                 "kernel": spec(self.kernel) if self.kernel is not None else {"name": "auto"},
                 "block_q": self.block_q, "block_k": self.block_k, "check_finite": self.check_finite,
-                "validate": self.validate}
+                "validate": self.validate, "dense_above": self.dense_above}
 
     def save(self, path: str | Path) -> Path:
         """Write the configuration as TOML (an ablation is a file)."""
@@ -183,13 +203,52 @@ class SparseAttention:
             report.append(f"{cand.name}: " + "; ".join(reasons))
         raise UnsupportedError(f"no kernel can run {problem.describe()}:\n  - " + "\n  - ".join(report))
 
+    def dense_kernel(self, problem: AttentionProblem, v: Tensor) -> Kernel:
+        """The kernel of the ``dense_above`` fallback: the highest-priority kernel declaring ``dense = True``
+        whose ``not_supported_reasons(problem, v, None)`` is empty (natively running kernels first, as for
+        ``auto``); raises :class:`UnsupportedError` listing every dense candidate's reasons when none can."""
+        kernel, report = self._dense_kernel(problem, v)
+        if kernel is None:
+            raise UnsupportedError(f"no dense kernel can run {problem.describe()}:\n  - " + "\n  - ".join(report))
+        return kernel
+
+    def _dense_kernel(self, problem: AttentionProblem, v: Tensor) -> tuple[Kernel | None, list[str]]:
+        report = []
+        for cand in sorted((k for k in self.kernels if k.dense), key=lambda k: k.emulated(problem)):
+            reasons = cand.not_supported_reasons(problem, v, None)
+            if not reasons:
+                return cand, []
+            report.append(f"{cand.name}: " + "; ".join(reasons))
+        return None, report or ["no registered kernel declares dense = True (the built-in one is 'sdpa')"]
+
     def run(self, plan: Plan, v: Tensor, timed: bool = False) -> Tensor:
-        """Execute a plan's layout on ``v``."""
+        """Execute a plan's layout on ``v``; with ``dense_above`` set and reached by ``plan.density``, dense
+        attention instead (``plan.info["dense_fallback"] = True``), or the layout when no dense kernel can run
+        (``dense_fallback = False`` and ``dense_fallback_reason``, with a warning once per reason)."""
         problem = plan.problem
-        kernel = self.select_kernel(problem, v, plan.layout)
+        plan.info.pop("dense_fallback", None)
+        plan.info.pop("dense_fallback_reason", None)
+        kernel: Kernel | None = None
+        layout: BlockLayout | None = plan.layout
+        # plan.density is read on the host (a device sync), only when dense_above is set
+        if self.dense_above is not None and (density := plan.density) >= self.dense_above:
+            kernel, report = self._dense_kernel(problem, v)
+            if kernel is not None:
+                layout = None  # dense attention: no layout is built or read
+                plan.info["dense_fallback"] = True
+            else:  # an optimisation only: run the layout as planned
+                why = "; ".join(report)
+                plan.info["dense_fallback"], plan.info["dense_fallback_reason"] = False, why
+                if why not in self._warned:
+                    self._warned.add(why)
+                    warnings.warn(f"sparsekit: dense_above={self.dense_above} reached (density {density:.3f}) but no "
+                                  f"dense kernel can run {problem.describe()} ({why}); running the sparse layout "
+                                  "instead (warned once per reason)", RuntimeWarning, stacklevel=2)
+        if kernel is None:
+            kernel = self.select_kernel(problem, v, plan.layout)
         plan.info["kernel"] = kernel.label
         with _timer(plan.timings if timed else None, "attend", problem.device):
-            out = kernel.forward(problem, v, plan.layout)
+            out = kernel.forward(problem, v, layout)  # type: ignore[arg-type]
         return out
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, q_lens: Tensor | None = None,

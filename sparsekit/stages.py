@@ -177,13 +177,18 @@ def capability_reasons(caps: Capabilities, problem: AttentionProblem, v: Tensor 
 class Kernel(Stage):
     """Executes a layout: ``forward(problem, v, layout) -> [B, Hq, Nq, Dv]``.
 
-    ``priority`` orders kernels for ``kernel="auto"`` (highest that can run wins).
+    ``priority`` orders kernels for ``kernel="auto"`` (highest that can run wins). ``dense = True`` declares
+    that the kernel computes dense attention (every visible position) and accepts ``layout=None`` in
+    ``not_supported_reasons`` and ``forward``: the pipeline's ``dense_above`` fallback runs such a kernel
+    without building a layout.
     """
 
     kind: ClassVar[StageKind] = "kernel"
     capabilities: ClassVar[Capabilities]
     priority: ClassVar[int] = 0
     supports_varlen: ClassVar[bool] = True
+    dense: ClassVar[bool] = False
+    """True: computes dense attention and can run with ``layout=None`` (candidate of the ``dense_above`` fallback)."""
 
     def not_supported_reasons(self, problem: AttentionProblem, v: Tensor, layout: BlockLayout | None) -> list[str]:
         return capability_reasons(self.capabilities, problem, v, repr(self.name))

@@ -4,6 +4,8 @@ It runs only *full* layouts (every visible block kept, e.g. ``mask="dense"``): i
 so running it on a sparse layout would silently ignore the layout. Its priority (150) is above ``triton``
 (100): ``auto`` can only pick it for a full layout, and there torch's fused dense kernels (cuDNN, FA2) are
 the fastest correct choice (ANCHORS.md: cuDNN 14.7 ms vs 23.0 ms for FlexAttention on a full layout, 32K).
+It declares ``dense = True`` and also runs with ``layout=None``: the pipeline's ``dense_above`` fallback uses
+it without building a layout.
 """
 
 from __future__ import annotations
@@ -66,12 +68,13 @@ class SdpaKernel(Kernel):
 
     Causal masks are bottom-right aligned (``causal_lower_right`` when ``Nq < Nk``); GQA through
     ``enable_gqa=True`` (K/V are not repeated by us); variable lengths by one call per trimmed sequence,
-    padded rows are 0. Refuses any layout that is not full.
+    padded rows are 0. Refuses any layout that is not full; ``layout=None`` means dense attention (``dense``).
     """
 
     name: ClassVar[str] = "sdpa"
     description: ClassVar[str] = "dense torch SDPA (cuDNN/FA2); runs only full layouts (mask='dense')"
     priority: ClassVar[int] = 150
+    dense: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(
         dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64), devices=("cpu", "cuda", "mps", "xpu"))
 
@@ -83,7 +86,7 @@ class SdpaKernel(Kernel):
                 reasons.append(why)
         return reasons
 
-    def forward(self, problem: AttentionProblem, v: Tensor, layout: BlockLayout) -> Tensor:
+    def forward(self, problem: AttentionProblem, v: Tensor, layout: BlockLayout | None) -> Tensor:
         q, k = problem.q, problem.k
         if not problem.is_varlen:
             return _sdpa(q, k, v, problem.causal, problem.scale)

@@ -517,6 +517,25 @@ def test_budget_contract(bud, case):
             break
 
 
+DENSE_KERNELS = [pytest.param(k, id=k.label) for k in stage_instances("kernel") if type(k).dense]
+
+
+@pytest.mark.parametrize("kernel", DENSE_KERNELS)
+@pytest.mark.parametrize("case,dtype", CASE_DTYPES)
+def test_dense_kernel_runs_without_a_layout(kernel, case, dtype):
+    """A kernel declaring ``dense = True`` (the ``dense_above`` fallback) runs ``layout=None`` as dense attention."""
+    q, k, v = case.tensors(dtype, seed_of("dense-kernel", kernel.label, dtype, case))
+    kw = case.kwargs()
+    problem = sparsekit.AttentionProblem.create(q, k, v, block_q=BLOCK, block_k=BLOCK, **kw)
+    reasons = kernel.not_supported_reasons(problem, v, None)
+    if reasons:
+        pytest.skip(f"dense kernel {kernel.name!r} cannot run here: " + "; ".join(reasons))
+    out = kernel.forward(problem, v, None)
+    ref = sparsekit.dense_attention(q.double(), k.double(), v.double(), **kw)
+    naive = sparsekit.dense_attention(q, k, v, compute_dtype=dtype, **kw)
+    check_close(out, naive, ref, dtype, f"{kernel.label} (layout=None) vs dense")
+
+
 @pytest.mark.parametrize("kernel", KERNEL_NAMES)
 def test_kernel_declares_capabilities(kernel):
     kern = REG.get("kernel", kernel).cls.create()

@@ -210,6 +210,29 @@ def test_stats_budgets_and_timing():
     assert skhf.stats(model) == []
 
 
+def test_dense_above_reaches_build_and_stats_show_the_dense_layer():
+    model = make("llama")
+    x, am = padded(2, 96, "right", [96, 61])
+    ref = model(x, attention_mask=am).logits
+    stream = dict(mask={"sink_blocks": 1, "local_blocks": 1}, kernel="torch", block_q=16, block_k=16)
+    # layer 0: the streaming layout is well below 1 but above 0.2 -> dense SDPA; layer 1: threshold not reached
+    skhf.enable(model, "streaming", min_seq_len=0, dense_above=0.2,
+                layers={1: {"preset": "streaming", "dense_above": 0.99, **stream}}, **stream)
+    assert skhf.settings(model).default.dense_above == 0.2
+    out = model(x, attention_mask=am).logits
+    st = skhf.stats(model)
+    assert st[0]["route"] == "sparse" and st[0]["dense_fallback"] is True and st[0]["kernel"] == "sdpa"
+    assert 0.2 <= st[0]["density"] < 1.0  # the planned density, not 1
+    assert st[1]["dense_fallback"] is False and st[1]["kernel"] == "torch" and st[1]["density"] < 0.99
+    skhf.enable(model, "streaming", min_seq_len=0, layers={1: "sdpa"}, dense_above=0.2, **stream)
+    valid_close(model(x, attention_mask=am).logits, ref, am)  # dense layer 0 + SDPA layer 1 == SDPA
+    assert skhf.stats(model)[0]["dense_fallback"] is True
+    assert not torch.allclose(out[am.bool()], ref[am.bool()], atol=ATOL)  # layer 1 really ran its layout
+    skhf.enable(model, "streaming", min_seq_len=0, **stream)
+    model(x, attention_mask=am)
+    assert "dense_fallback" not in skhf.stats(model)[0]  # off: no such key
+
+
 def test_disable_restores_previous_implementation():
     model = make("llama")
     model.set_attn_implementation("eager")
