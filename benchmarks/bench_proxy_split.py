@@ -2,7 +2,7 @@
 
 Times ``sparsekit.kernels.proxy_scores.proxy_scores`` (bf16, D=128, blocks 128, stride 4, causal) for the
 Llama-3.1-8B shape (32/8 heads, G=1) and the Qwen2.5-7B shape (28/4 heads, G=4) at each N, for each
-``--splits`` configuration ``SPLIT[:Q_BLOCKS[:NUM_WARPS]]``: no split (one program walks all kv-blocks of its
+``--splits`` configuration ``SPLIT[:Q_BLOCKS[:NUM_WARPS[:PASSES[:BLOCK_N[:STAGES]]]]]``: no split (one program walks all kv-blocks of its
 q-blocks), split-K sizes (the kv-blocks of a q-block cut into splits; per-split row statistics combined, then
 pooled), q-blocks per program, one or two walks over the keys (``PASSES``: 1 keeps the tile row maxima in a
 scratch, 2 recomputes the scores for the pooling; default: ``one_pass_for``), and ``auto`` (``split_blocks_for`` /
@@ -36,9 +36,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", nargs="+", default=["8k", "32k", "128k"])
     ap.add_argument("--splits", nargs="+", default=["0:1", "auto", "8", "32", "0:2", "0:4", "0:4:8"],
-                    help="configurations SPLIT[:Q_BLOCKS[:NUM_WARPS[:PASSES]]]: split_blocks (or 'auto' for the "
-                         "default choice of split, q-blocks and passes; 'auto2': the same with two passes), "
-                         "q-blocks per program, warps, passes over the keys (1 or 2)")
+                    help="configurations SPLIT[:Q_BLOCKS[:NUM_WARPS[:PASSES[:BLOCK_N[:STAGES]]]]]: split_blocks (or "
+                         "'auto' for the default choice of split, q-blocks and passes; 'auto2': the same with two "
+                         "passes), q-blocks per program, warps, passes over the keys (1 or 2), keys per tile, "
+                         "pipeline stages")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -73,6 +74,10 @@ def main() -> None:
                         cfg["num_warps"] = parts[2]
                     if len(parts) > 3:
                         cfg["one_pass"] = parts[3] == 1
+                    if len(parts) > 4:
+                        cfg["block_n"] = parts[4]
+                    if len(parts) > 5:
+                        cfg["num_stages"] = parts[5]
                 out = op.proxy_scores(q, k, **kw, config=cfg)
                 fin = torch.isfinite(ref)
                 diff = float((out[fin] - ref[fin]).abs().max())
@@ -87,12 +92,12 @@ def main() -> None:
             "triton": triton.__version__, "python": platform.python_version(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     print(f"\n{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}")
-    print(f"{'shape':14s} {'N':>7s} {'config':>7s} {'split':>6s} {'ms':>9s} {'x first':>9s} {'max|diff|':>10s}")
+    print(f"{'shape':14s} {'N':>7s} {'config':>14s} {'split':>6s} {'ms':>9s} {'x first':>9s} {'max|diff|':>10s}")
     base: dict = {}
     for r in rows:  # the first configuration of each (shape, N) is the baseline
         base.setdefault((r["shape"], r["n"]), r["ms"])
     for r in rows:
-        print(f"{r['shape']:14s} {r['n']:7d} {r['split']:>7s} {r['split_blocks']:6d} {r['ms']:9.3f} "
+        print(f"{r['shape']:14s} {r['n']:7d} {r['split']:>14s} {r['split_blocks']:6d} {r['ms']:9.3f} "
               f"{base[(r['shape'], r['n'])] / r['ms']:9.2f} {r['max_abs_diff_vs_split0']:10.2e}"
               + ("" if r["same_inf_pattern"] else "  -inf MISMATCH"))
     if args.out:

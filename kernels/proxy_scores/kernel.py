@@ -13,7 +13,9 @@ rows can see twice:
 
 With ``ONE_PASS`` the keys are walked once: pass 1 also stores every tile's row max of the raw scores in a
 float32 scratch (``[tiles, rows]`` per program, 4 bytes per sampled row and kv-tile), and pass 2 reads those
-maxima back instead of recomputing the tiles' scores (same values, so the same result bit for bit).
+maxima back instead of recomputing the tiles' scores (same values, so the same result bit for bit), a
+``[POOL_CHUNK, rows]`` tile of kv-blocks at a time (``_pool_from_tmax``): one reduction over the rows and one
+vector store per chunk, not per kv-block (the per-block version cost ~40% on top of the key walk).
 
 Tiles wholly below the causal diagonal of every sampled row and inside the sequence run without a mask.
 Blocks past the q-block's causal horizon are written ``-inf``. No token-level score matrix is stored.
@@ -116,29 +118,19 @@ def _mean_query(Q, stride_qb, stride_qh, stride_qm, stride_qd, b64, g, QH, rows,
 
 @triton.jit
 def _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, q, k_base, stride_kn, lo, hi,
-                 offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr,
-                 BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 R: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr,
-                 UPCAST_DOT: tl.constexpr, FROM_TMAX: tl.constexpr):
-    # pass 2 for R q-blocks at once: kv-blocks [lo, hi), max over each q-block's sampled rows of 2^(s - lse);
-    # -inf where the kv-block lies past that q-block's causal horizon. FROM_TMAX: the tiles' row maxima are read
-    # from pass 1's scratch (tmax_base; pass 1 wrote tiles < n_tiles, later tiles hold no visible key: -inf);
-    # otherwise the tiles' scores are recomputed
+                 offs_n, q_pos, qk_scale, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
+                 BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, R: tl.constexpr,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # pass 2 of the two-pass walk, R q-blocks at once: kv-blocks [lo, hi), the tiles' scores recomputed, max over
+    # each q-block's sampled rows of 2^(s - lse); -inf where the kv-block lies past that q-block's causal horizon
     SUB: tl.constexpr = BLOCK_K // BLOCK_N
-    offs_m = tl.arange(0, R * BLOCK_S)
     for j in range(lo, hi):
         row_max = tl.full([R * BLOCK_S], float("-inf"), dtype=tl.float32)
         for t in tl.static_range(SUB):
-            if FROM_TMAX:
-                n_rows = tl.where(j * SUB + t < n_tiles, R * BLOCK_S, 0)  # a tensor mask (the interpreter's load
-                t_max = tl.load(tmax_base + (j * SUB + t) * (R * BLOCK_S) + offs_m,  # rejects a broadcast bool)
-                                mask=offs_m < n_rows, other=float("-inf"))
-            else:
-                start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
-                qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
-                                  MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
-                t_max = tl.max(qk, 1)
-            row_max = tl.maximum(row_max, t_max)
+            start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
+            qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                              MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+            row_max = tl.maximum(row_max, tl.max(qk, 1))
         v = row_max - lse  # invalid rows carry lse = +inf: they contribute 2^-inf = 0
         for r in tl.static_range(R):
             ir = i0 + r
@@ -147,6 +139,36 @@ def _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, q, 
                 best = tl.max(tl.where(sub == r, v, float("-inf")), 0)
                 val = tl.where(j < tl.cdiv(key_end_r, BLOCK_K), tl.math.exp2(best), float("-inf"))
                 tl.store(out_base + ir.to(tl.int64) * stride_oi + j * stride_oj, val)
+
+
+@triton.jit
+def _pool_from_tmax(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, lo, hi, tmax_base, n_tiles,
+                    STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr,
+                    POOL_CHUNK: tl.constexpr):
+    # pass 2 of the one-pass walk: kv-blocks [lo, hi), POOL_CHUNK at a time, from pass 1's tile row maxima
+    # (tmax_base + tile * M + row; tiles >= n_tiles were not written and hold no visible key: read as -inf).
+    # A [POOL_CHUNK, M] tile per step, so the max over rows is one reduction for POOL_CHUNK blocks and the
+    # results leave as one vector store; same operations per block as _pool_blocks, so the same bits
+    SUB: tl.constexpr = BLOCK_K // BLOCK_N
+    M: tl.constexpr = R * BLOCK_S
+    offs_m = tl.arange(0, M)
+    for j0 in range(lo, hi, POOL_CHUNK):
+        offs_j = j0 + tl.arange(0, POOL_CHUNK)
+        row_max = tl.full([POOL_CHUNK, M], float("-inf"), dtype=tl.float32)
+        for t in tl.static_range(SUB):
+            tile = offs_j * SUB + t
+            ok = (tile[:, None] < n_tiles) & (offs_m[None, :] < M)  # full-shape mask (the interpreter wants one)
+            t_max = tl.load(tmax_base + tile[:, None] * M + offs_m[None, :], mask=ok, other=float("-inf"))
+            row_max = tl.maximum(row_max, t_max)
+        v = row_max - lse[None, :]  # invalid rows carry lse = +inf: they contribute 2^-inf = 0
+        for r in tl.static_range(R):
+            ir = i0 + r
+            key_end_r, _ = _key_range(ir, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # loop-invariant
+            if ir < n_qb:
+                best = tl.max(tl.where((sub == r)[None, :], v, float("-inf")), 1)
+                val = tl.where(offs_j < tl.cdiv(key_end_r, BLOCK_K), tl.math.exp2(best), float("-inf"))
+                tl.store(out_base + ir.to(tl.int64) * stride_oi + offs_j * stride_oj, val, mask=offs_j < hi)
 
 
 @triton.jit
@@ -160,7 +182,7 @@ def _proxy_scores_fwd(
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     R: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    FILL_CHUNK: tl.constexpr, ONE_PASS: tl.constexpr,
+    FILL_CHUNK: tl.constexpr, ONE_PASS: tl.constexpr, POOL_CHUNK: tl.constexpr,
 ):
     # one program scores R consecutive q-blocks: their sampled rows form one [R * BLOCK_S, D] tile, so each kv-tile
     # is loaded once for R q-blocks (R = 1: one q-block per program)
@@ -210,12 +232,16 @@ def _proxy_scores_fwd(
     n_vis = tl.cdiv(key_end, BLOCK_K)
     n_fast_blocks = fast_end // BLOCK_K
     n_tiles = tl.cdiv(key_end, BLOCK_N)
-    _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, 0,
-                 n_fast_blocks, offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
-                 BLOCK_K, R, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
-    _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn,
-                 n_fast_blocks, n_vis, offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q,
-                 BLOCK_N, BLOCK_K, R, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
+    if ONE_PASS:
+        _pool_from_tmax(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, 0, n_vis, tmax_base, n_tiles,
+                        STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, R, CAUSAL, POOL_CHUNK)
+    else:
+        _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, 0,
+                     n_fast_blocks, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, R,
+                     False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn,
+                     n_fast_blocks, n_vis, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
+                     BLOCK_K, R, True, CAUSAL, IEEE_DOT, UPCAST_DOT)
 
     # blocks past the causal horizon of every q-block of the program: -inf
     for r in tl.static_range(R):
@@ -335,7 +361,7 @@ def _proxy_pool_split(
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    FILL_CHUNK: tl.constexpr, ONE_PASS: tl.constexpr,
+    FILL_CHUNK: tl.constexpr, ONE_PASS: tl.constexpr, POOL_CHUNK: tl.constexpr,
 ):
     # kernel 2: row lse from every visible split's (max, sum), then max-pooled probabilities of the kv-blocks
     # of split s (-inf past the causal horizon); ONE_PASS: from kernel 1's tile row maxima, no score recomputed
@@ -369,12 +395,16 @@ def _proxy_pool_split(
         out_base = OUT + b64 * stride_ob + g64 * stride_og
         tmax_base = _split_tmax_base(TMAX, pid_bg, i, n_qb, nKb, BLOCK_S, BLOCK_N, BLOCK_K)
         n_tiles = tl.cdiv(key_end, BLOCK_N)
-        _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, j_lo, mid,
-                     offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
-                     BLOCK_K, 1, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
-        _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, mid, v_hi,
-                     offs_n, q_pos, qk_scale, tmax_base, n_tiles, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N,
-                     BLOCK_K, 1, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
+        if ONE_PASS:
+            _pool_from_tmax(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, j_lo, v_hi, tmax_base, n_tiles,
+                            STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1, CAUSAL, POOL_CHUNK)
+        else:
+            _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, j_lo, mid,
+                         offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1, False,
+                         CAUSAL, IEEE_DOT, UPCAST_DOT)
+            _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, mid, v_hi,
+                         offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1, True,
+                         CAUSAL, IEEE_DOT, UPCAST_DOT)
     # blocks of this split past the causal horizon: -inf
     f_lo = tl.maximum(j_lo, n_vis)
     for j0 in range(f_lo, j_hi, FILL_CHUNK):

@@ -63,7 +63,8 @@ class KernelConfig:
     program walks all kv-blocks of its q-blocks); ``q_blocks`` q-blocks per program on the unsplit path
     (``None``: ``q_blocks_for``); ``one_pass``: score each tile once and keep its row maxima in a float32 scratch
     for the pooling, instead of a second walk over the keys (``None``: ``one_pass_for``, i.e. when the scratch
-    fits in ``ONE_PASS_MAX_SCRATCH_MB``)."""
+    fits in ``ONE_PASS_MAX_SCRATCH_MB``); ``pool_chunk``: kv-blocks that pooling handles per step (``None``:
+    ``pool_chunk_for``)."""
 
     block_n: int
     num_warps: int
@@ -71,6 +72,7 @@ class KernelConfig:
     split_blocks: int | None = None
     q_blocks: int | None = None  # q-blocks per program without a split (None: q_blocks_for; 1, 2 or 4)
     one_pass: bool | None = None  # walk the keys once, tile row maxima in a scratch (None: one_pass_for)
+    pool_chunk: int | None = None  # one-pass pooling: kv-blocks per step, a power of two (None: pool_chunk_for)
 
 
 def split_blocks_for(n_kb: int, programs: int) -> int:
@@ -97,6 +99,12 @@ def q_blocks_for(programs: int, block_s: int) -> int:
     everywhere (3.61, 13.9, 1.35 ms), and with 64 programs (Llama 8K) 2 were slower than 1 (0.168 vs 0.151 ms).
     """
     return 2 if programs >= 256 and 2 * block_s <= 128 else 1
+
+
+def pool_chunk_for(rows: int) -> int:
+    """kv-blocks the one-pass pooling handles per step: a ``[chunk, rows]`` float32 tile of 4,096 values (16..128
+    blocks), so the max over a q-block's rows is one reduction for the whole chunk instead of one per block."""
+    return max(16, min(128, 4096 // rows))
 
 
 def tmax_scratch_bytes(programs: int, n_kb: int, block_k: int, block_n: int, rows: int) -> int:
@@ -161,14 +169,15 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks", "q_blocks", "one_pass"}
+        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks", "q_blocks", "one_pass",
+                                 "pool_chunk"}
         if unknown:
             raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages, "
-                             "split_blocks, q_blocks, one_pass): drop the unknown keys")
+                             "split_blocks, q_blocks, one_pass, pool_chunk): drop the unknown keys")
         cfg = replace(cfg, **dict(config))
     else:
         raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of block_n/num_warps/"
-                         "num_stages/split_blocks/q_blocks/one_pass): pass one of those")
+                         "num_stages/split_blocks/q_blocks/one_pass/pool_chunk): pass one of those")
     bad = []
     if cfg.block_n < 16 or cfg.block_n & (cfg.block_n - 1) or block_k % cfg.block_n:
         bad.append(f"config.block_n={cfg.block_n} (supported: a power of two >= 16 dividing block_k={block_k}): "
@@ -186,6 +195,10 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
     if cfg.one_pass is not None and not isinstance(cfg.one_pass, bool):
         bad.append(f"config.one_pass={cfg.one_pass!r} (supported: None for automatic, True, False): pick one of "
                    "those")
+    if cfg.pool_chunk is not None and (isinstance(cfg.pool_chunk, bool) or not isinstance(cfg.pool_chunk, int)
+                                       or not 1 <= cfg.pool_chunk <= 256 or cfg.pool_chunk & (cfg.pool_chunk - 1)):
+        bad.append(f"config.pool_chunk={cfg.pool_chunk!r} (supported: None for automatic, or a power of two in "
+                   "1..256): pick one of those")
     if bad:
         raise ValueError("proxy_scores: unsupported config:\n  - " + "\n  - ".join(bad))
     return cfg
@@ -259,7 +272,8 @@ def proxy_scores(
             HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k, R=R,
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
-            ONE_PASS=tmax is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            ONE_PASS=tmax is not None, POOL_CHUNK=cfg.pool_chunk or pool_chunk_for(R * block_s), num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
     return out
 
@@ -311,4 +325,5 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
             qp, kp, m_part, l_part, tmax_arg, out, qk_scale,
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            groups, Nq, Nk, n_kb, n_qb, n_split, split, **common, **dots, FILL_CHUNK=64, ONE_PASS=one_pass)
+            groups, Nq, Nk, n_kb, n_qb, n_split, split, **common, **dots, FILL_CHUNK=64, ONE_PASS=one_pass,
+            POOL_CHUNK=cfg.pool_chunk or min(pool_chunk_for(block_s), pow2_at_least(split)))

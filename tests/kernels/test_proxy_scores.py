@@ -136,9 +136,10 @@ def test_one_pass_equals_two_passes_bitwise(block_n):
         kw = dict(groups=2, stride=3, block_q=32, block_k=64, causal=causal)
         for split, R in ((0, 1), (0, 2), (1, None), (2, None)):
             cfg = {"block_n": block_n, "split_blocks": split, "q_blocks": R}
-            one = proxy_scores(q, k, **kw, config={**cfg, "one_pass": True})
             two = proxy_scores(q, k, **kw, config={**cfg, "one_pass": False})
-            assert torch.equal(one, two), (causal, split, R)
+            for chunk in (None, 2):  # the pooling's kv-block chunks: one, or several with a ragged last one
+                one = proxy_scores(q, k, **kw, config={**cfg, "one_pass": True, "pool_chunk": chunk})
+                assert torch.equal(one, two), (causal, split, R, chunk)
 
 
 def test_one_pass_rule_and_scratch_size():
@@ -150,6 +151,11 @@ def test_one_pass_rule_and_scratch_size():
     q, k = make_qk(5, 1, 4, 2, 64, 64, 16, torch.float32)
     with pytest.raises(ValueError, match=r"config.one_pass=1 \(supported: None for automatic, True, False\)"):
         proxy_scores(q, k, config={"one_pass": 1})
+    for bad in (3, 0, 512, True):
+        with pytest.raises(ValueError, match=rf"config.pool_chunk={bad!r} \(supported: None for automatic, or a "
+                                             r"power of two in 1..256\)"):
+            proxy_scores(q, k, config={"pool_chunk": bad})
+    assert [ps_op.pool_chunk_for(r) for r in (16, 32, 64, 128, 256)] == [128, 128, 64, 32, 16]
 
 
 def test_split_paths_agree_and_split_size_rule():
