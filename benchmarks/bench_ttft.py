@@ -27,6 +27,7 @@ Usage::
     python benchmarks/bench_ttft.py --lengths 32k 64k 128k --out benchmarks/results/ttft_h100.json
     python benchmarks/bench_ttft.py --lengths 32k --layers 4 --gamma 0.95 0.9 --repeats 2
     python benchmarks/bench_ttft.py --budget "fixed(ratio=0.2)" --kernel auto flex
+    python benchmarks/bench_ttft.py --lengths 128k --dense-above 0.85   # defaults, dense attention above 85%
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def layer_summary(stats: list[dict[str, Any]]) -> dict[str, Any]:
         out["density_max"] = max(dens) if dens else None
         out["density_per_layer"] = dens
         out["kernels"] = sorted({str(r.get("kernel")) for r in sparse})
+        if any("dense_fallback" in r for r in sparse):  # dense_above set: layers whose plan ran dense attention
+            out["layers_dense_fallback"] = sum(bool(r.get("dense_fallback")) for r in sparse)
         ratios = [x for r in sparse for row in r.get("budget_ratio_per_head", []) for x in row]
         out["budget_ratio_mean"] = statistics.fmean(ratios) if ratios else None
         timings: dict[str, float] = {}
@@ -135,6 +138,9 @@ def main() -> int:
                     help="sparsekit kernel(s), one configuration each (default auto: triton on the GPU; also flex)")
     ap.add_argument("--use-cache", action="store_true", help="fill a DynamicCache during prefill (+2 GiB per 16K tok)")
     ap.add_argument("--no-profile", action="store_true", help="skip the extra timed forward splitting the stages")
+    ap.add_argument("--dense-above", type=float, nargs="*", default=[],
+                    help="extra configurations: proxyattn defaults with dense_above=X (plans at least that dense "
+                         "run dense attention)")
     ap.add_argument("--no-defaults", action="store_true",
                     help="skip the proxyattn-defaults configuration (only --gamma / --budget ones, and sdpa)")
     ap.add_argument("--seed", type=int, default=0)
@@ -163,6 +169,8 @@ def main() -> int:
             configs.append((f"sparsekit{tag}-gamma{g:g}", {"kernel": kern, "budget": {"gamma": g}}))
         for spec in args.budget:
             configs.append((f"sparsekit{tag}-{spec.replace(' ', '')}", {"kernel": kern, "budget": spec}))
+        for x in args.dense_above:
+            configs.append((f"sparsekit{tag}-dense_above{x:g}", {"kernel": kern, "dense_above": x}))
 
     meta = {
         "benchmark": "ttft", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

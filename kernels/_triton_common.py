@@ -18,6 +18,13 @@ def one_pass_for(scratch_bytes: int, override: bool | None = None) -> bool:
     return scratch_bytes <= ONE_PASS_MAX_SCRATCH_MB << 20 if override is None else override
 
 
+def pool_chunk_for(rows: int) -> int:
+    """kv-blocks a one-pass kernel's second stage handles per step: a ``[chunk, rows]`` float32 tile of 4,096
+    values (16..128 blocks), so the reduction over the rows is one per chunk instead of one per kv-block
+    (``proxy_scores``' pooling, ``last_block_mass``' block sums)."""
+    return max(16, min(128, 4096 // rows))
+
+
 def pow2_at_least(n: int, floor: int = 16) -> int:
     """The smallest power of two >= ``n``, at least ``floor`` (``tl.arange`` extents are powers of two)."""
     return max(floor, 1 << max(0, (n - 1).bit_length()))

@@ -12,7 +12,8 @@ of whole kv-blocks so that ``B * Hq * n_split`` programs share the work (flash-d
 With ``ONE_PASS`` the keys are walked once: ``_lbm_row_stats`` also stores, per kv-tile and row, the online
 max after the tile and the tile's sum of ``2^(s - that max)`` (``T_MAX`` / ``T_SUM`` ``[B * Hq, tiles,
 BLOCK_M]`` float32), and ``_lbm_block_mass`` sums ``T_SUM * 2^(T_MAX - lse)`` over a block's tiles and rows
-instead of recomputing the scores (the same mass up to fp32 rounding).
+instead of recomputing the scores (the same mass up to fp32 rounding), ``CHUNK`` kv-blocks per step (one
+reduction over the rows and one vector store per chunk).
 
 K/V head of query head ``h`` is ``h // GROUP`` (read through strides, never repeated). The grid puts
 heads on its fast axis, so the heads sharing one key range run together and share K in L2.
@@ -124,32 +125,42 @@ def _lbm_row_stats(
 
 @triton.jit
 def _block_sums(mass_row, lse, q, k_base, stride_kn, lo, hi, offs_n, q_pos, Nk, qk_scale, inv_rows,
-                T_MAX, T_SUM, t_base, k_hi,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, ONE_PASS: tl.constexpr):
-    # kv-blocks [lo, hi): sum over the block's keys and the rows of 2^(s - lse), divided by the row count.
-    # ONE_PASS: from the stored tile statistics, sum_rows T_SUM * 2^(T_MAX - lse) over the block's tiles that start
-    # before k_hi (the only ones written)
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # two passes: kv-blocks [lo, hi), the scores recomputed; sum over the block's keys and the rows of
+    # 2^(s - lse), divided by the row count
+    SUB: tl.constexpr = BLOCK_K // BLOCK_N
+    for j in range(lo, hi):
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for t in tl.static_range(SUB):
+            start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
+            qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
+                              MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
+            # padding rows carry lse = +inf: 2^-inf = 0
+            acc += tl.sum(tl.math.exp2(qk - lse[:, None]), 0)
+        tl.store(mass_row + j, tl.sum(acc, 0) * inv_rows)
+
+
+@triton.jit
+def _block_sums_from_stats(mass_row, lse, lo, hi, inv_rows, T_MAX, T_SUM, t_base, k_hi,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           CHUNK: tl.constexpr):
+    # one pass: kv-blocks [lo, hi), CHUNK at a time, from the stored tile statistics: sum_rows T_SUM * 2^(T_MAX -
+    # lse) over the block's tiles that start before k_hi (the only ones written), divided by the row count. A
+    # [CHUNK, BLOCK_M] tile per step: one reduction over the rows and one vector store per chunk
     SUB: tl.constexpr = BLOCK_K // BLOCK_N
     offs_m = tl.arange(0, BLOCK_M)
-    for j in range(lo, hi):
-        if ONE_PASS:
-            acc = tl.zeros([BLOCK_M], dtype=tl.float32)
-            for t in tl.static_range(SUB):
-                n_rows = tl.where(j * BLOCK_K + t * BLOCK_N < k_hi, BLOCK_M, 0)  # a tensor mask for the interpreter
-                ti = t_base + (j * SUB + t) * BLOCK_M + offs_m
-                t_max = tl.load(T_MAX + ti, mask=offs_m < n_rows, other=0.0)
-                t_sum = tl.load(T_SUM + ti, mask=offs_m < n_rows, other=0.0)
-                acc += t_sum * tl.math.exp2(t_max - lse)  # padding rows carry lse = +inf: 2^-inf = 0
-        else:
-            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for t in tl.static_range(SUB):
-                start_n = tl.multiple_of(j * BLOCK_K + t * BLOCK_N, BLOCK_N)
-                qk = _tile_scores(q, k_base, stride_kn, start_n, offs_n, q_pos, Nk, qk_scale,
-                                  MASKED, CAUSAL, IEEE_DOT, UPCAST_DOT)
-                # padding rows carry lse = +inf: 2^-inf = 0
-                acc += tl.sum(tl.math.exp2(qk - lse[:, None]), 0)
-        tl.store(mass_row + j, tl.sum(acc, 0) * inv_rows)
+    for j0 in range(lo, hi, CHUNK):
+        offs_j = j0 + tl.arange(0, CHUNK)
+        acc = tl.zeros([CHUNK, BLOCK_M], dtype=tl.float32)
+        for t in tl.static_range(SUB):
+            written = (offs_j * BLOCK_K + t * BLOCK_N < k_hi) & (offs_j < hi)
+            ok = written[:, None] & (offs_m[None, :] < BLOCK_M)  # full-shape mask (the interpreter wants one)
+            ti = t_base + (offs_j * SUB + t)[:, None] * BLOCK_M + offs_m[None, :]
+            t_max = tl.load(T_MAX + ti, mask=ok, other=0.0)
+            t_sum = tl.load(T_SUM + ti, mask=ok, other=0.0)
+            acc += t_sum * tl.math.exp2(t_max - lse[None, :])  # padding rows carry lse = +inf: 2^-inf = 0
+        tl.store(mass_row + offs_j, tl.sum(acc, 1) * inv_rows, mask=offs_j < hi)
 
 
 @triton.jit
@@ -162,6 +173,7 @@ def _lbm_block_mass(
     H, GROUP, Nq, Nk, M_ROWS, SPLIT_N, N_SPLIT, N_TILES,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, ONE_PASS: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     pid_bh, split, row_ok, q, k_base, q_pos, offs_n, k_lo, k_hi, fast_hi = _setup(
         Q, K, stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
@@ -181,7 +193,11 @@ def _lbm_block_mass(
     j_fast = fast_hi // BLOCK_K  # blocks wholly inside the mask-free key range
     j_hi = tl.cdiv(k_hi, BLOCK_K)
     t_base = pid_bh.to(tl.int64) * N_TILES * BLOCK_M
-    _block_sums(mass_row, lse, q, k_base, stride_kn, j_lo, j_fast, offs_n, q_pos, Nk, qk_scale, inv_rows,
-                T_MAX, T_SUM, t_base, k_hi, BLOCK_M, BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
-    _block_sums(mass_row, lse, q, k_base, stride_kn, j_fast, j_hi, offs_n, q_pos, Nk, qk_scale, inv_rows,
-                T_MAX, T_SUM, t_base, k_hi, BLOCK_M, BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
+    if ONE_PASS:
+        _block_sums_from_stats(mass_row, lse, j_lo, j_hi, inv_rows, T_MAX, T_SUM, t_base, k_hi,
+                               BLOCK_M, BLOCK_N, BLOCK_K, CHUNK)
+    else:
+        _block_sums(mass_row, lse, q, k_base, stride_kn, j_lo, j_fast, offs_n, q_pos, Nk, qk_scale, inv_rows,
+                    BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
+        _block_sums(mass_row, lse, q, k_base, stride_kn, j_fast, j_hi, offs_n, q_pos, Nk, qk_scale, inv_rows,
+                    BLOCK_N, BLOCK_K, True, CAUSAL, IEEE_DOT, UPCAST_DOT)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
-from .._triton_common import one_pass_for, pow2_at_least
+from .._triton_common import one_pass_for, pool_chunk_for, pow2_at_least
 from . import kernel as _kernel
 
 
@@ -208,5 +208,6 @@ def last_block_mass(
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _kernel._lbm_row_stats[grid](q, k, m_part, l_part, t_max, t_sum, qk_scale, *strides, *sizes, **common)
         _kernel._lbm_block_mass[grid](q, k, m_part, l_part, t_max, t_sum, out, qk_scale, 1.0 / rows, *strides,
-                                      out.stride(0), out.stride(1), *sizes, BLOCK_K=block_k, **common)
+                                      out.stride(0), out.stride(1), *sizes, BLOCK_K=block_k,
+                                      CHUNK=min(pool_chunk_for(block_m), pow2_at_least(split_blocks)), **common)
     return out

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
-from .._triton_common import one_pass_for, pow2_at_least
+from .._triton_common import one_pass_for, pool_chunk_for, pow2_at_least
 from . import kernel as _kernel
 
 
@@ -99,12 +99,6 @@ def q_blocks_for(programs: int, block_s: int) -> int:
     everywhere (3.61, 13.9, 1.35 ms), and with 64 programs (Llama 8K) 2 were slower than 1 (0.168 vs 0.151 ms).
     """
     return 2 if programs >= 256 and 2 * block_s <= 128 else 1
-
-
-def pool_chunk_for(rows: int) -> int:
-    """kv-blocks the one-pass pooling handles per step: a ``[chunk, rows]`` float32 tile of 4,096 values (16..128
-    blocks), so the max over a q-block's rows is one reduction for the whole chunk instead of one per block."""
-    return max(16, min(128, 4096 // rows))
 
 
 def tmax_scratch_bytes(programs: int, n_kb: int, block_k: int, block_n: int, rows: int) -> int:
@@ -272,8 +266,8 @@ def proxy_scores(
             HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k, R=R,
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
-            ONE_PASS=tmax is not None, POOL_CHUNK=cfg.pool_chunk or pool_chunk_for(R * block_s), num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
+            ONE_PASS=tmax is not None, POOL_CHUNK=cfg.pool_chunk or pool_chunk_for(R * block_s),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out
 

@@ -95,6 +95,18 @@ def test_one_pass_tiles_inside_blocks_and_rule():
         last_block_mass(q, k, config={"one_pass": "yes"})
 
 
+def test_one_pass_block_sums_in_several_chunks():
+    # 128 rows -> 32 kv-blocks per step of the block sums; one split of 45 blocks -> two steps, the last ragged
+    q, k = make_qk(23, 1, 2, 1, 128, 711, 32, torch.float32)
+    for causal in (True, False):
+        kw = dict(block_q=128, block_k=16, causal=causal)
+        cfg = {"block_n": 16, "split_blocks": 45}
+        one = last_block_mass(q, k, **kw, config={**cfg, "one_pass": True})
+        two = last_block_mass(q, k, **kw, config={**cfg, "one_pass": False})
+        torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(one, last_block_mass_naive(q, k, **kw), rtol=1e-4, atol=1e-7)
+
+
 def test_split_count_does_not_change_the_result():
     q, k = make_qk(7, 1, 4, 2, 64, 300, 32, torch.float32)
     kw = dict(block_q=32, block_k=32)
