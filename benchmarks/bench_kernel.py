@@ -77,6 +77,12 @@ VARIANTS = [
     ("one_loop_128x128_w8_s3", KernelConfig(128, 128, 8, 3, one_loop=True)),
     ("one_loop_128x128_w8_s3_tmadev", KernelConfig(128, 128, 8, 3, use_tma=True, tma_descriptor="device",
                                                    one_loop=True)),
+    # smaller shared-memory footprints (two programs per SM) for sparse layouts, where each program's fixed cost
+    # (q load, index loads, pipeline fill, epilogue) is a larger share
+    ("two_loops_128x64_w8_s2", KernelConfig(128, 64, 8, 2)),
+    ("two_loops_64x64_w4_s3", KernelConfig(64, 64, 4, 3)),
+    ("two_loops_64x128_w4_s2", KernelConfig(64, 128, 4, 2)),
+    ("two_loops_128x128_w8_s3", KernelConfig(128, 128, 8, 3)),
 ]
 
 
