@@ -12,7 +12,9 @@ rows can see twice:
   s_rj - lse_r))``, exact since ``exp2`` is monotonic).
 
 With ``ONE_PASS`` the keys are walked once: pass 1 also stores every tile's row max of the raw scores in a
-float32 scratch (``[tiles, rows]`` per program, 4 bytes per sampled row and kv-tile), and pass 2 reads those
+float32 scratch (``[tiles, rows]`` per program, 4 bytes per sampled row and kv-tile; packed: a program keeps only
+the tiles it walks, ``_program_tiles``, from the offset ``_tmax_base`` sums, so under causal the scratch is about
+half of a ``[programs, all tiles]`` rectangle; ``op.tmax_tiles`` sizes it), and pass 2 reads those
 maxima back instead of recomputing the tiles' scores (same values, so the same result bit for bit), a
 ``[POOL_CHUNK, rows]`` tile of kv-blocks at a time (``_pool_from_tmax``): one reduction over the rows and one
 vector store per chunk, not per kv-block (the per-block version cost ~40% on top of the key walk).
@@ -22,8 +24,8 @@ Blocks past the q-block's causal horizon are written ``-inf``. No token-level sc
 
 With few programs and long rows (``op.split_blocks_for``) the split-K kernels below run instead: the proxy
 queries once (``_proxy_query``), per-split row statistics (``_proxy_stats_split``), then the combined lse and
-per-split pooling (``_proxy_pool_split``); with ``ONE_PASS`` the first stores the tile row maxima and the second
-only reads them.
+per-split pooling (``_proxy_pool_split``); with ``ONE_PASS`` the first stores the tile row maxima (the same packed
+scratch, one q-block per program) and the second only reads them.
 """
 
 from __future__ import annotations
@@ -84,6 +86,43 @@ def _key_range(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_Q
         key_end = Nk
         fast_end = Nk
     return tl.maximum(key_end, 0), tl.maximum(fast_end, 0)
+
+
+@triton.jit
+def _program_tiles(p, n_qb, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_Q: tl.constexpr,
+                   BLOCK_N: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr):
+    # the keys any sampled row of program p's q-blocks p*R .. p*R+R-1 sees (key_end of its last q-block) and the
+    # kv-tiles covering them (the tiles pass 1 walks); elementwise when p is a tensor (the scratch offsets below).
+    # op.tmax_tiles is the host's sum of the counts over the programs: the two must agree
+    i_last = tl.minimum(p * R + R, n_qb) - 1
+    key_end, _ = _key_range(i_last, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)
+    return key_end, tl.cdiv(key_end, BLOCK_N)
+
+
+@triton.jit
+def _tiles_before(p, n_qb, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_Q: tl.constexpr,
+                  BLOCK_N: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr):
+    # sum of _program_tiles over the programs before p (int64: it passes 2^31 at 1M with 16-token tiles),
+    # CHUNK programs per step: no extra launch or host table
+    CHUNK: tl.constexpr = 1024
+    acc = tl.zeros([CHUNK], dtype=tl.int64)
+    for c0 in range(0, p, CHUNK):
+        pp = c0 + tl.arange(0, CHUNK)
+        _, n_t = _program_tiles(pp, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, BLOCK_N, R, CAUSAL)
+        acc += tl.where(pp < p, n_t, 0).to(tl.int64)
+    return tl.sum(acc, 0)
+
+
+@triton.jit
+def _tmax_base(TMAX, pid_bg, p, tmax_tiles, n_qb, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr,
+               BLOCK_S: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, R: tl.constexpr,
+               CAUSAL: tl.constexpr):
+    # program p's tile row maxima in the packed one-pass scratch [B * G, tmax_tiles, R * BLOCK_S] float32: the
+    # programs of a (batch, group) one after the other, each holding only the _program_tiles tiles it walks
+    # (under causal about half of an [n_programs, nKb * BLOCK_K // BLOCK_N] rectangle)
+    first = pid_bg.to(tl.int64) * tmax_tiles + _tiles_before(p, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, BLOCK_N,
+                                                             R, CAUSAL)
+    return TMAX + first * (R * BLOCK_S)
 
 
 @triton.jit
@@ -178,7 +217,7 @@ def _proxy_scores_fwd(
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kg, stride_kn, stride_kd,
     stride_ob, stride_og, stride_oi, stride_oj,
-    G, Nq, Nk, nKb, QH, n_qb,
+    G, Nq, Nk, nKb, QH, n_qb, TMAX_TILES,
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     R: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -206,13 +245,17 @@ def _proxy_scores_fwd(
 
     # bottom-right causal: row r sits at position Nk - Nq + r
     q_pos = rows + (Nk - Nq)
-    i_last = tl.minimum(i0 + R, n_qb) - 1
-    key_end, _ = _key_range(i_last, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys any row sees
+    # keys any row sees, the kv-tiles pass 1 walks (n_tiles, also the tiles the ONE_PASS scratch keeps)
+    key_end, n_tiles = _program_tiles(p, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, BLOCK_N, R, CAUSAL)
     _, fast_end = _key_range(i0, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, CAUSAL)  # keys every row sees
 
-    # ONE_PASS: this program's scratch of per-tile row maxima, [nKb * BLOCK_K // BLOCK_N, R * BLOCK_S] float32
+    # ONE_PASS: this program's [n_tiles, R * BLOCK_S] float32 of per-tile row maxima in the packed scratch
     M: tl.constexpr = R * BLOCK_S
-    tmax_base = TMAX + (pid_bg.to(tl.int64) * tl.num_programs(0) + p) * (nKb * (BLOCK_K // BLOCK_N)) * M
+    if ONE_PASS:
+        tmax_base = _tmax_base(TMAX, pid_bg, p, TMAX_TILES, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q,
+                               BLOCK_N, R, CAUSAL)
+    else:
+        tmax_base = TMAX  # unused
 
     # pass 1: row max and row sum (ONE_PASS: and each tile's row max)
     m_i = tl.full([M], float("-inf"), dtype=tl.float32)
@@ -221,7 +264,7 @@ def _proxy_scores_fwd(
     m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, 0, n_fast_tiles, offs_n, q_pos, Nk, qk_scale, tmax_base,
                           BLOCK_N, M, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
     # diagonal tiles / sequence end: mask
-    m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, n_fast_tiles, tl.cdiv(key_end, BLOCK_N), offs_n,
+    m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, n_fast_tiles, n_tiles, offs_n,
                           q_pos, Nk, qk_scale, tmax_base, BLOCK_N, M, True, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
     lse = tl.where(row_ok & (l_i > 0.0), m_i + tl.math.log2(l_i), float("inf"))
     if ONE_PASS:
@@ -231,7 +274,6 @@ def _proxy_scores_fwd(
     out_base = OUT + b64 * stride_ob + g64 * stride_og
     n_vis = tl.cdiv(key_end, BLOCK_K)
     n_fast_blocks = fast_end // BLOCK_K
-    n_tiles = tl.cdiv(key_end, BLOCK_N)
     if ONE_PASS:
         _pool_from_tmax(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, 0, n_vis, tmax_base, n_tiles,
                         STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, R, CAUSAL, POOL_CHUNK)
@@ -270,13 +312,6 @@ def _row_geometry(i, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOC
 
 
 @triton.jit
-def _split_tmax_base(TMAX, pid_bg, i, n_qb, nKb, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
-    # q-block i's tile row maxima in the split path's scratch [B * G, nQb, nKb * BLOCK_K // BLOCK_N, BLOCK_S]
-    return TMAX + (pid_bg.to(tl.int64) * n_qb + i) * (nKb * (BLOCK_K // BLOCK_N)) * BLOCK_S
-
-
-@triton.jit
 def _proxy_query(
     Q, QP,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -312,13 +347,14 @@ def _proxy_stats_split(
     QP, K, M_PART, L_PART, TMAX,
     qk_scale,
     stride_kb, stride_kg, stride_kn, stride_kd,
-    G, Nq, Nk, nKb, n_qb, n_split, SPLIT_BLOCKS,
+    G, Nq, Nk, nKb, n_qb, n_split, SPLIT_BLOCKS, TMAX_TILES,
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     # kernel 1: online row max / sum of q-block i over the kv-tiles of split s -> M_PART/L_PART[bg, i, s, :];
-    # ONE_PASS: also each tile's row max -> TMAX[bg, i, tile, :] (kernel 2 then pools without recomputing)
+    # ONE_PASS: also each tile's row max -> q-block i's tiles in the packed scratch (_tmax_base with one q-block per
+    # program; kernel 2 then pools without recomputing)
     i = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy q-blocks first
     pid_bg = tl.program_id(1)
     s = tl.program_id(2)
@@ -328,7 +364,7 @@ def _proxy_stats_split(
     rows, row_ok, sub, q_pos, key_end, fast_end = _row_geometry(i, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, CAUSAL)
     TILES = SPLIT_BLOCKS * (BLOCK_K // BLOCK_N)
     lo = s * TILES
-    n_tiles = tl.cdiv(key_end, BLOCK_N)
+    _, n_tiles = _program_tiles(i, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, BLOCK_N, 1, CAUSAL)
     if lo < n_tiles:  # splits past the causal horizon are never read (kernel 2 stops at the horizon)
         qp = _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S, HEAD_DIM)
         hi = tl.minimum(lo + TILES, n_tiles)
@@ -340,7 +376,11 @@ def _proxy_stats_split(
         m_i = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_S], dtype=tl.float32)
         mid = tl.maximum(tl.minimum(hi, n_fast), lo)
-        tmax_base = _split_tmax_base(TMAX, pid_bg, i, n_qb, nKb, BLOCK_S, BLOCK_N, BLOCK_K)
+        if ONE_PASS:
+            tmax_base = _tmax_base(TMAX, pid_bg, i, TMAX_TILES, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q,
+                                   BLOCK_N, 1, CAUSAL)
+        else:
+            tmax_base = TMAX  # unused
         m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, lo, mid, offs_n, q_pos, Nk, qk_scale, tmax_base,
                               BLOCK_N, BLOCK_S, False, CAUSAL, IEEE_DOT, UPCAST_DOT, ONE_PASS)
         m_i, l_i = _row_stats(m_i, l_i, qp, k_base, stride_kn, mid, hi, offs_n, q_pos, Nk, qk_scale, tmax_base,
@@ -357,7 +397,7 @@ def _proxy_pool_split(
     qk_scale,
     stride_kb, stride_kg, stride_kn, stride_kd,
     stride_ob, stride_og, stride_oi, stride_oj,
-    G, Nq, Nk, nKb, n_qb, n_split, SPLIT_BLOCKS,
+    G, Nq, Nk, nKb, n_qb, n_split, SPLIT_BLOCKS, TMAX_TILES,
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -393,9 +433,10 @@ def _proxy_pool_split(
         n_fast_blocks = fast_end // BLOCK_K
         mid = tl.maximum(tl.minimum(v_hi, n_fast_blocks), j_lo)
         out_base = OUT + b64 * stride_ob + g64 * stride_og
-        tmax_base = _split_tmax_base(TMAX, pid_bg, i, n_qb, nKb, BLOCK_S, BLOCK_N, BLOCK_K)
-        n_tiles = tl.cdiv(key_end, BLOCK_N)
         if ONE_PASS:
+            _, n_tiles = _program_tiles(i, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, BLOCK_N, 1, CAUSAL)
+            tmax_base = _tmax_base(TMAX, pid_bg, i, TMAX_TILES, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q,
+                                   BLOCK_N, 1, CAUSAL)
             _pool_from_tmax(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, j_lo, v_hi, tmax_base, n_tiles,
                             STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1, CAUSAL, POOL_CHUNK)
         else:

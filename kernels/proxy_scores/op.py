@@ -5,8 +5,9 @@ problem), forms the proxy keys with one torch reduction (the mean of each group'
 a group has a single KV head) and launches ``kernel._proxy_scores_fwd`` (``q_blocks_for`` q-blocks per program),
 which averages the query heads itself while loading the sampled rows. Allocated: the output ``[B, G, nQb, nKb]``
 float32, when ``Hkv > G`` the proxy keys ``[B, G, Nk, D]`` in the input dtype, and on the one-pass path
-(``one_pass_for``) the tile row maxima (``tmax_scratch_bytes``: 128 MiB for the Llama shape at 128K). With few
-programs and long rows (``split_blocks_for``) it launches the three split-K kernels instead (``_launch_split``).
+(``one_pass_for``) the tile row maxima of the tiles each program walks (``tmax_scratch_bytes``, packed: 64.1 MiB for
+the Llama shape at 128K). With few programs and long rows (``split_blocks_for``) it launches the three split-K
+kernels instead (``_launch_split``).
 """
 
 from __future__ import annotations
@@ -101,13 +102,52 @@ def q_blocks_for(programs: int, block_s: int) -> int:
     return 2 if programs >= 256 and 2 * block_s <= 128 else 1
 
 
-def tmax_scratch_bytes(programs: int, n_kb: int, block_k: int, block_n: int, rows: int) -> int:
-    """Bytes of the one-pass scratch: a float32 row max per program row and kv-tile (``rows`` = R x BLOCK_S
-    sampled rows per program, ``programs`` = programs of the unsplit grid or B x G x nQb on the split path).
-    Stride 4, 128-token blocks: 128 MiB for the Llama-3.1-8B shape (G=1) at 128K, 512 MiB at 256K and for the
-    Qwen2.5-7B shape (G=4) at 128K; under ``one_pass_for``'s 1 GiB the Llama shape walks twice from 512K on
-    (2 GiB), where the estimate is ~1% of dense attention."""
-    return 4 * programs * n_kb * (block_k // block_n) * rows
+def _floor_sum(n: int, m: int, a: int, b: int) -> int:
+    """``sum(floor((a * i + b) / m) for i in range(n))`` for ``n, a, b >= 0``, ``m >= 1``, in O(log) steps
+    (the Euclid-like reduction of AtCoder Library's ``floor_sum``)."""
+    total = 0
+    while True:
+        if a >= m:
+            total += n * (n - 1) // 2 * (a // m)
+            a %= m
+        if b >= m:
+            total += n * (b // m)
+            b %= m
+        y_max = a * n + b
+        if y_max < m:
+            return total
+        n, b = divmod(y_max, m)
+        m, a = a, m
+
+
+def tmax_tiles(n_q: int, n_k: int, block_q: int, block_n: int, q_blocks: int, causal: bool) -> int:
+    """kv-tiles the packed one-pass scratch keeps per (batch, group): the sum over the programs ``p`` (``q_blocks``
+    = R q-blocks each; the split path: R = 1) of ``ceil(key_end(p) / block_n)``, the tiles ``p`` walks
+    (``kernel._program_tiles``: ``key_end`` of its last q-block, bottom-right causal; all ``n_k`` keys without
+    causal or for the last program). Closed form: programs ``p < P - 1`` see ``max((p + 1) * R * block_q + n_k -
+    n_q, 0)`` keys (a floor sum), the last one all of them."""
+    n_qb = -(-n_q // block_q)
+    P = -(-n_qb // q_blocks)
+    all_tiles = -(-n_k // block_n)
+    if not causal:
+        return P * all_tiles
+    span, d = q_blocks * block_q, n_k - n_q
+    p0 = min(max(0, -d // span), P - 1)  # programs before p0 see no key (only when n_q > n_k)
+    n = P - 1 - p0  # programs p0 .. P-2: ceil(((p + 1) * span + d) / block_n), all terms > 0
+    tiles = _floor_sum(n, block_n, span, (p0 + 1) * span + d + block_n - 1) if n else 0
+    return tiles + all_tiles
+
+
+def tmax_scratch_bytes(batch_groups: int, n_q: int, n_k: int, block_q: int, block_n: int, block_s: int,
+                       q_blocks: int, causal: bool) -> int:
+    """Bytes of the one-pass scratch: a float32 row max per sampled row (``q_blocks * block_s`` per program; the
+    split path: ``q_blocks`` = 1) and per kv-tile each program walks, packed (``tmax_tiles`` per (batch, group);
+    about half of a ``[programs, nKb * block_k / block_n]`` rectangle under causal, all of it without).
+    Stride 4, 128-token blocks, two q-blocks per program (64 rows; ``block_n`` = 128): Llama-3.1-8B shape (G=1)
+    64.1 MiB at 128K, 256.3 MiB at 256K, 1024.5 MiB at 512K, 4097 MiB at 1M; Qwen2.5-7B shape (G=4) 256.5 MiB
+    at 128K, 1025 MiB at 256K. Under ``one_pass_for``'s 1536 MiB the Llama shape walks once up to 512K and the
+    Qwen shape up to 256K; 1M (4 GiB) walks twice."""
+    return 4 * batch_groups * tmax_tiles(n_q, n_k, block_q, block_n, q_blocks, causal) * q_blocks * block_s
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: int) -> KernelConfig:
@@ -253,7 +293,9 @@ def proxy_scores(
         return out
     R = q_blocks_for(B * groups * n_qb, block_s) if cfg.q_blocks is None else cfg.q_blocks
     grid = (-(-n_qb // R), B * groups)
-    tmax = _tmax_scratch(cfg, grid[0] * grid[1], n_kb, block_k, R * block_s, q.device)
+    tiles = tmax_tiles(Nq, Nk, block_q, cfg.block_n, R, causal)
+    tmax = _tmax_scratch(cfg, tmax_scratch_bytes(B * groups, Nq, Nk, block_q, cfg.block_n, block_s, R, causal),
+                         q.device)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _kernel._proxy_scores_fwd[grid](
             q, kp, out, tmax if tmax is not None else out,  # unused pointer without ONE_PASS
@@ -261,7 +303,7 @@ def proxy_scores(
             q.stride(0), q.stride(1), q.stride(2), q.stride(3),
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            groups, Nq, Nk, n_kb, Hq // groups, n_qb,
+            groups, Nq, Nk, n_kb, Hq // groups, n_qb, tiles,
             STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=block_s,
             HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k, R=R,
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
@@ -272,11 +314,9 @@ def proxy_scores(
     return out
 
 
-def _tmax_scratch(cfg: KernelConfig, programs: int, n_kb: int, block_k: int, rows: int,
-                  device: torch.device) -> Tensor | None:
-    """The one-pass scratch ``[programs, nKb * block_k // block_n, rows]`` float32 (uninitialised: each program
+def _tmax_scratch(cfg: KernelConfig, nbytes: int, device: torch.device) -> Tensor | None:
+    """The packed one-pass scratch of ``nbytes`` (``tmax_scratch_bytes``), float32, uninitialised (each program
     writes the tiles it reads), or None for two passes (``cfg.one_pass``, else ``one_pass_for``)."""
-    nbytes = tmax_scratch_bytes(programs, n_kb, block_k, cfg.block_n, rows)
     if not one_pass_for(nbytes, cfg.one_pass):
         return None
     return torch.empty(nbytes // 4, dtype=torch.float32, device=device)
@@ -288,7 +328,8 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
     the proxy queries ``[B * G, nQb, BLOCK_S, D]`` in the input dtype and two float32 ``[B * G, nQb, n_split,
     BLOCK_S]`` buffers of per-split row statistics: under the automatic rule (<= 512 programs, splits of 32
     blocks; Llama shape, stride 4) at most 4 MiB and 2 x 1 MiB (64K); 2 MiB and 2 x 256 KiB at 32K. One pass
-    adds the tile row maxima ``[B * G, nQb, nKb * block_k // block_n, BLOCK_S]`` float32: 8 MiB at 32K, 32 MiB
+    adds the tile row maxima, packed as on the unsplit path with one q-block per program (``tmax_scratch_bytes``
+    with ``q_blocks`` = 1; the tiles each q-block walks, ``BLOCK_S`` float32 each): 4.02 MiB at 32K, 16.03 MiB
     at 64K (Llama shape)."""
     B, Hq, Nq, D = q.shape
     Nk = kp.shape[2]
@@ -298,7 +339,8 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
     qp = torch.empty((BG, n_qb, block_s, D), dtype=kp.dtype, device=q.device)
     m_part = torch.empty((BG, n_qb, n_split, block_s), dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
-    tmax = _tmax_scratch(cfg, BG * n_qb, n_kb, block_k, block_s, q.device)
+    tiles = tmax_tiles(Nq, Nk, block_q, cfg.block_n, 1, causal)  # packed as on the unsplit path, R = 1
+    tmax = _tmax_scratch(cfg, tmax_scratch_bytes(BG, Nq, Nk, block_q, cfg.block_n, block_s, 1, causal), q.device)
     one_pass = tmax is not None
     tmax_arg = tmax if one_pass else m_part  # unused pointer without ONE_PASS
     common = dict(STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=block_s, HEAD_DIM=D, BLOCK_Q=block_q)
@@ -314,10 +356,10 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
         _kernel._proxy_stats_split[grid](
             qp, kp, m_part, l_part, tmax_arg, qk_scale,
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
-            groups, Nq, Nk, n_kb, n_qb, n_split, split, **common, **dots, ONE_PASS=one_pass)
+            groups, Nq, Nk, n_kb, n_qb, n_split, split, tiles, **common, **dots, ONE_PASS=one_pass)
         _kernel._proxy_pool_split[grid](
             qp, kp, m_part, l_part, tmax_arg, out, qk_scale,
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            groups, Nq, Nk, n_kb, n_qb, n_split, split, **common, **dots, FILL_CHUNK=64, ONE_PASS=one_pass,
+            groups, Nq, Nk, n_kb, n_qb, n_split, split, tiles, **common, **dots, FILL_CHUNK=64, ONE_PASS=one_pass,
             POOL_CHUNK=cfg.pool_chunk or min(pool_chunk_for(block_s), pow2_at_least(split)))

@@ -18,6 +18,8 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import sparsekit
 from sparsekit import AttentionProblem, BlockScores, Budget, ConfigError, UnsupportedError
@@ -27,6 +29,7 @@ from sparsekit.kernels.proxy_scores import (
     proxy_scores,
     proxy_scores_naive,
 )
+from sparsekit.kernels.proxy_scores import kernel as ps_kernel
 from sparsekit.kernels.proxy_scores import op as ps_op
 from sparsekit.plugins.common.masks import TopKMask
 from sparsekit.plugins.proxyattn.estimator import ProxyEstimator, choose_impl
@@ -143,11 +146,21 @@ def test_one_pass_equals_two_passes_bitwise(block_n):
 
 
 def test_one_pass_rule_and_scratch_size():
-    # Llama-3.1-8B shape at 128K, stride 4: 512 programs of two q-blocks (64 rows), 1024 kv-tiles -> 128 MiB
-    assert ps_op.tmax_scratch_bytes(512, 1024, 128, 128, 64) == 128 << 20
-    assert ps_op.one_pass_for(ps_op.tmax_scratch_bytes(512, 1024, 128, 128, 64))
-    assert ps_op.one_pass_for(ps_op.tmax_scratch_bytes(2048, 1024, 128, 128, 64))  # Qwen shape G=4, 512 MiB
-    assert not ps_op.one_pass_for(ps_op.tmax_scratch_bytes(2048, 4096, 128, 128, 64))  # Llama 512K: 2 GiB
+    # stride 4, 128-token blocks and tiles, two q-blocks per program (64 rows): the packed scratch holds the
+    # P (P + 1) tiles the P programs walk per (batch, group) (program p: 2 (p + 1) tiles), 256 bytes each
+    def nbytes(groups, n):
+        return ps_op.tmax_scratch_bytes(groups, n, n, 128, 128, 32, 2, True)
+
+    K = 1 << 10
+    assert nbytes(1, 128 * K) == 512 * 513 * 256 == 67_239_936  # Llama-3.1-8B shape (G=1), 64.1 MiB
+    assert nbytes(1, 256 * K) == 1024 * 1025 * 256 == 268_697_600  # 256.3 MiB
+    assert nbytes(1, 512 * K) == 2048 * 2049 * 256 == 1_074_266_112  # 1024.5 MiB
+    assert nbytes(1, 1024 * K) == 4096 * 4097 * 256 == 4_296_015_872  # 4097 MiB
+    assert nbytes(4, 128 * K) == 4 * 67_239_936 and nbytes(4, 256 * K) == 1_074_790_400  # Qwen2.5-7B (G=4): 1025 MiB
+    assert ps_op.one_pass_for(nbytes(1, 512 * K)) and ps_op.one_pass_for(nbytes(4, 256 * K))  # under 1.5 GiB
+    assert not ps_op.one_pass_for(nbytes(1, 1024 * K)) and not ps_op.one_pass_for(nbytes(4, 512 * K))
+    # without causal every program walks every tile: the rectangle
+    assert ps_op.tmax_scratch_bytes(4, 256 * K, 256 * K, 128, 128, 32, 2, False) == 4 * 1024 * 2048 * 256
     q, k = make_qk(5, 1, 4, 2, 64, 64, 16, torch.float32)
     with pytest.raises(ValueError, match=r"config.one_pass=1 \(supported: None for automatic, True, False\)"):
         proxy_scores(q, k, config={"one_pass": 1})
@@ -157,6 +170,123 @@ def test_one_pass_rule_and_scratch_size():
             proxy_scores(q, k, config={"pool_chunk": bad})
     assert [ps_op.pool_chunk_for(r) for r in (16, 32, 64, 128, 256)] == [128, 128, 64, 32, 16]
 
+
+
+def program_tiles_loop(Nq, Nk, bq, bn, R, causal):
+    """Per-program kv-tile counts as the kernel's pass 1 decides them, written out independently in plain Python:
+    program p scores q-blocks p*R .. p*R+R-1 and walks the tiles up to the keys its last q-block's last row sees
+    (bottom-right causal: row r at Nk - Nq + r; none when that is negative; all keys without causal)."""
+    n_qb = -(-Nq // bq)
+    counts = []
+    for p in range(-(-n_qb // R)):
+        i_last = min(p * R + R, n_qb) - 1
+        last_row = min(i_last * bq + bq, Nq) - 1
+        key_end = min(max(last_row + (Nk - Nq) + 1, 0), Nk) if causal else Nk
+        counts.append(-(-key_end // bn))
+    return counts
+
+
+def test_packed_scratch_tiles_closed_form_equals_loop():
+    """op.tmax_tiles (closed form) == the sum of the per-program tile counts, for small shapes of every kind:
+    Nq = 1, Nq < Nk (chunked prefill), Nq > Nk (early programs see no key), ragged Nq / Nk, R = 1, 2, 4."""
+    for Nq in (1, 2, 15, 16, 17, 33, 100, 129, 300):
+        for Nk in (1, 7, 16, 17, 64, 100, 150, 333):
+            for bq in (16, 32, 128):
+                for bn in (16, 32, 128):
+                    for R in (1, 2, 4):
+                        for causal in (True, False):
+                            loop = sum(program_tiles_loop(Nq, Nk, bq, bn, R, causal))
+                            assert ps_op.tmax_tiles(Nq, Nk, bq, bn, R, causal) == loop, (Nq, Nk, bq, bn, R, causal)
+                            assert ps_op.tmax_scratch_bytes(3, Nq, Nk, bq, bn, 16, R, causal) == 4 * 3 * loop * R * 16
+    # the long shapes (floor sum over thousands of programs): Llama 1M, two q-blocks per program, and 16-token tiles
+    assert ps_op.tmax_tiles(1 << 20, 1 << 20, 128, 128, 2, True) == sum(program_tiles_loop(1 << 20, 1 << 20, 128, 128,
+                                                                                            2, True))
+    assert ps_op.tmax_tiles(100_003, 250_017, 16, 16, 1, True) == sum(program_tiles_loop(100_003, 250_017, 16, 16, 1,
+                                                                                        True))
+
+
+@triton.jit
+def _probe_program_tiles(TILES, BEFORE, n_qb, Nq, Nk, STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr,
+                         BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, R: tl.constexpr, CAUSAL: tl.constexpr):
+    # the kernel's own per-program tile count and packed offset of program p, as the one-pass kernels compute them
+    p = tl.program_id(0)
+    _, n = ps_kernel._program_tiles(p, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, BLOCK_N, R, CAUSAL)
+    tl.store(TILES + p, n)
+    tl.store(BEFORE + p, ps_kernel._tiles_before(p, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, BLOCK_N, R, CAUSAL))
+
+
+@pytest.mark.parametrize("Nq,Nk,bq,bn,R,causal", [
+    (200, 70, 16, 16, 1, True),  # Nq > Nk: the first programs walk no tile
+    (90, 333, 16, 32, 2, True),  # chunked prefill, ragged
+    (150, 150, 32, 16, 4, True),  # ragged last program (5 q-blocks, 4 per program)
+    (90, 150, 16, 32, 2, False),
+    (1, 100, 16, 16, 1, True),
+    (1030 * 16 - 5, 1030 * 16 + 9, 16, 256, 1, True),  # 1030 programs: the offset sum takes two chunks of 1024
+])
+def test_kernel_tile_counts_and_offsets_match_host(Nq, Nk, bq, bn, R, causal):
+    """The kernels' per-program tile counts (_program_tiles) and packed offsets (_tiles_before, chunked sum) equal the
+    plain-Python loop, and the host's total (op.tmax_tiles) is the sum the kernels lay out."""
+    counts = program_tiles_loop(Nq, Nk, bq, bn, R, causal)
+    P = len(counts)
+    tiles = torch.full((P,), -1, dtype=torch.int32, device=DEVICE)
+    before = torch.full((P,), -1, dtype=torch.int64, device=DEVICE)
+    _probe_program_tiles[(P,)](tiles, before, -(-Nq // bq), Nq, Nk, STRIDE=4, N_SAMPLED=bq // 4, BLOCK_Q=bq,
+                               BLOCK_N=bn, R=R, CAUSAL=causal)
+    offsets = [sum(counts[:p]) for p in range(P)]
+    assert tiles.cpu().tolist() == counts
+    assert before.cpu().tolist() == offsets
+    assert ps_op.tmax_tiles(Nq, Nk, bq, bn, R, causal) == offsets[-1] + counts[-1]
+
+
+PACKED_CASES = [
+    # (B, Hq, Hkv, G, Nq, Nk, D, block_q, block_k, stride, causal)
+    pytest.param(1, 4, 2, 2, 90, 333, 16, 16, 32, 4, True, id="chunked-Nq<Nk-ragged"),
+    pytest.param(2, 2, 2, 2, 150, 150, 16, 16, 32, 3, True, id="ragged-B2-G2"),
+    pytest.param(1, 2, 2, 2, 200, 70, 16, 16, 32, 4, True, id="causal-Nq>Nk"),
+    pytest.param(1, 2, 1, 1, 1, 100, 16, 16, 32, 4, True, id="Nq=1"),
+    pytest.param(1, 2, 2, 2, 90, 150, 16, 16, 32, 4, False, id="noncausal-ragged"),
+    pytest.param(1, 2, 1, 1, 128, 128, 16, 16, 32, 4, True, id="aligned"),
+]
+
+
+@pytest.mark.parametrize("path", [(0, 1), (0, 2), (0, 4), (2, None)], ids=["R1", "R2", "R4", "split-K-2"])
+@pytest.mark.parametrize("B,Hq,Hkv,G,Nq,Nk,D,bq,bk,stride,causal", PACKED_CASES)
+def test_packed_scratch_exact_size_covered_and_bitwise(monkeypatch, B, Hq, Hkv, G, Nq, Nk, D, bq, bk, stride, causal,
+                                                       path):
+    """The one-pass scratch is allocated at exactly the packed size (the plain-Python loop's tile counts), the
+    kernels write every float of it and nothing past it (so the programs' regions tile it without overlap: the
+    interpreter runs programs one after another, so an overlap would not show in the scores), and the scores
+    equal the two-pass path's bit for bit; programs walk different tile counts (16-token tiles, two per kv-block)."""
+    allocated = []
+    real = ps_op._tmax_scratch
+
+    def spy(cfg, nbytes, device):
+        buf = real(cfg, nbytes, device)
+        if buf is None:
+            return None
+        guarded = torch.full((buf.numel() + 4096,), float("nan"), dtype=torch.float32, device=device)
+        allocated.append((nbytes, guarded))
+        return guarded[:buf.numel()]
+
+    monkeypatch.setattr(ps_op, "_tmax_scratch", spy)
+    q, k = make_qk(Nq * 3 + Nk, B, Hq, Hkv, Nq, Nk, D, torch.float32)
+    kw = dict(groups=G, stride=stride, block_q=bq, block_k=bk, causal=causal)
+    split, R = path
+    cfg = {"block_n": 16, "split_blocks": split, "q_blocks": R}
+    two = proxy_scores(q, k, **kw, config={**cfg, "one_pass": False})
+    assert not allocated
+    one = proxy_scores(q, k, **kw, config={**cfg, "one_pass": True})
+    assert torch.equal(one, two)
+    assert torch.equal(torch.isneginf(one), torch.isneginf(proxy_scores_naive(q, k, **kw)))
+    (nbytes, guarded), = allocated
+    rows = (R or 1) * ps_op.pow2_at_least(math.ceil(bq / stride))
+    n = B * G * sum(program_tiles_loop(Nq, Nk, bq, 16, R or 1, causal)) * rows
+    assert nbytes == 4 * n
+    assert not bool(torch.isnan(guarded[:n]).any()), "packed scratch not fully written"
+    assert bool(torch.isnan(guarded[n:]).all()), "written past the packed scratch"
+    if causal and Nq <= Nk and Nk > 16:  # the packing saves memory: less than the [programs, all tiles] rectangle
+        rect = B * G * -(-(-(-Nq // bq)) // (R or 1)) * -(-Nk // bk) * (bk // 16) * rows
+        assert n < rect
 
 def test_split_paths_agree_and_split_size_rule():
     # every split size, including one kv-block per split and a split longer than the sequence
