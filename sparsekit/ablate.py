@@ -58,12 +58,12 @@ TOP_KEYS = {
     "workload": "[[workload]] tables",
 }
 STRATEGY_KEYS = ("name", "preset", "estimator", "budget", "mask", "kernel", "block_q", "block_k", "check_finite",
-                 "validate")
+                 "validate", "dense_above")
 SYNTHETIC_KEYS = tuple(f.name for f in attrs.fields(SyntheticWorkload) if f.name != "n")
 CAPTURED_KEYS = ("path", "layers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 CSV_COLUMNS = [
-    "key", "strategy", "params", "label", "kernel", "block_q", "block_k", "workload", "workload_kind", "seed", "layer",
+    "key", "strategy", "params", "label", "kernel", "dense_fallback", "block_q", "block_k", "workload", "workload_kind", "seed", "layer",
     "length", "batch", "heads", "kv_heads", "head_dim", "device", "device_name", "dtype", "density", "recall",
     "rel_error", "budget_ratio_mean", "plan_ms", "estimate_ms", "budget_ms", "mask_ms", "attend_ms", "total_ms",
     "dense_ms", "speedup", "dense", "repeats", "timestamp",
@@ -474,8 +474,10 @@ def _measure(abl: Ablation, w: WorkloadCell, n: int, s: StrategyCell, key: str, 
     reps, warm = st["repeats"], st["warmup"]
     attn = s.attn
     plan_ms, plan = time_ms(lambda: attn.plan(q, k, scale=w.scale), dev, repeats=reps, warmup=warm)
-    kernel = attn.select_kernel(plan.problem, v, plan.layout).name
     attend_ms, out = time_ms(lambda: attn.run(plan, v), dev, repeats=reps, warmup=warm)
+    # the kernel that ran: with dense_above reached, the dense one (density, recall stay the planned layout's)
+    fallback = bool(plan.info.get("dense_fallback")) if attn.dense_above is not None else None
+    kernel = (attn.dense_kernel(plan.problem, v) if fallback else attn.select_kernel(plan.problem, v, plan.layout)).name
     rows = st["recall_rows"] or None
     recall_h = attention_recall_per_head(q, k, plan.layout, rows=rows, scale=plan.problem.scale)  # [B, Hq]
     density_h = plan.layout.density_per_head().double().cpu()
@@ -486,6 +488,7 @@ def _measure(abl: Ablation, w: WorkloadCell, n: int, s: StrategyCell, key: str, 
     shape = w.shape()
     return {
         "key": key, "strategy": s.name, "params": _params_text(s.params), "label": s.label, "kernel": kernel,
+        "dense_fallback": fallback,
         "block_q": attn.block_q, "block_k": attn.block_k, "workload": w.name, "workload_kind": w.kind,
         "seed": w.params.get("seed", 0) if w.kind == "synthetic" else None,
         "layer": w.params.get("layer") if w.kind == "captured" else None, "length": n, **shape,

@@ -9,7 +9,7 @@ from .config import PIPELINE_KEYS, SCALAR_KEYS, load_config, parse_spec
 from .errors import CompositionError, ConfigError, invalid
 from .pipeline import SparseAttention, check_dense_above
 from .registry import Registry, get_registry
-from .stages import Budgeter, Estimator, Kernel, MaskBuilder, Stage
+from .stages import Budgeter, Estimator, MaskBuilder, Stage
 
 _UNSET: Any = object()
 DEFAULTS: dict[str, Any] = {"estimator": None, "budget": None, "mask": {"name": "topk"}, "kernel": {"name": "auto"},

@@ -42,7 +42,6 @@ DEFAULT_PRESET = "proxyattn"
 # short forward, and the estimation overhead would eat the gain. See docs/transformers.md.
 DEFAULT_MIN_SEQ_LEN = 8192
 _SDPA_NAMES = ("sdpa", "dense", None)
-_HF_KEYS = ("min_seq_len", "layers", "stats", "timing", "strict")
 
 __all__ = ["NAME", "SparsekitMask", "Settings", "attention_forward", "configure", "disable", "enable", "mask_function",
            "register", "settings", "stats"]

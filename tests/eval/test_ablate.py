@@ -140,6 +140,27 @@ def test_python_api_reuses_finished_cells_and_runs_only_new_ones(tmp_path):
     assert all(old[r["key"]] == r for r in rows2 if r["key"] in old)
 
 
+def test_dense_above_cells_run_dense_and_say_so(tmp_path):
+    import csv
+
+    config = {"lengths": [256], "recall_rows": 32, "heatmap_length": 256,
+              "strategy": [{"name": "fixed", "preset": "proxyattn", "block_q": 32, "block_k": 32, "kernel": "torch",
+                            "budget": {"name": "fixed", "ratio": [0.25, 1.0]}, "dense_above": 0.99},
+                           {"name": "plain", "preset": "proxyattn", "block_q": 32, "block_k": 32, "kernel": "torch",
+                            "budget": {"name": "fixed", "ratio": 1.0}}],
+              "workload": [{"name": "synthetic", **SYNTH, "seed": 0}]}
+    rows = run(config, out=tmp_path / "out", progress=False, plots=False, summary=False)
+    sparse, full, plain = rows
+    assert sparse["dense_fallback"] is False and sparse["kernel"] == "torch" and sparse["density"] < 0.99
+    assert sparse["rel_error"] > 1e-3  # the layout ran
+    assert full["dense_fallback"] is True and full["kernel"] == "sdpa" and full["density"] == 1.0
+    assert full["rel_error"] < 1e-5 and full["recall"] == pytest.approx(1.0)
+    assert plain["dense_fallback"] is None and plain["kernel"] == "torch"  # option off: no fallback column value
+    with open(tmp_path / "out" / "results.csv") as f:
+        got = {r["strategy"] + r["params"]: r["dense_fallback"] for r in csv.DictReader(f)}
+    assert sorted(got.values()) == ["", "False", "True"]
+
+
 def test_cell_keys_are_stable_and_depend_on_the_cell(tmp_path):
     config = _tiny_dict(tmp_path)
     a, b = load(config), load(copy.deepcopy(config))
