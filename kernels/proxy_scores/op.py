@@ -263,7 +263,8 @@ def proxy_scores(
     """Proxy block scores with the Triton kernel (same contract as ``proxy_scores_naive``).
 
     ``config``: optional tiling override (``KernelConfig`` or a dict of ``block_n``, ``num_warps``,
-    ``num_stages``, ``split_blocks``, ``q_blocks``, ``one_pass``) for tuning; default from ``default_config``.
+    ``num_stages``, ``split_blocks``, ``q_blocks``, ``one_pass``, ``pool_chunk``) for tuning; default from
+    ``default_config``.
     ``checked=True``: the caller already ran ``not_supported_reasons`` on these inputs and got no reason, so
     they are not checked twice (saves host time per call); ``scale`` is still checked.
     Returns float32 ``[B, groups, nQb, nKb]``.
