@@ -101,9 +101,11 @@ class Settings:
             return self.default
         key = repr(sorted(spec.items())) if isinstance(spec, Mapping) else spec
         if key not in self._cache:
-            if isinstance(spec, Mapping):
+            if isinstance(spec, Mapping) and "preset" in spec:  # a pipeline of its own
                 opts = dict(spec)
-                self._cache[key] = _build(opts.pop("preset", None), opts)
+                self._cache[key] = _build(opts.pop("preset"), opts)
+            elif isinstance(spec, Mapping):  # overrides of the model's default pipeline (its preset and options)
+                self._cache[key] = build(self.default.config, **spec)
             elif isinstance(spec, str):
                 self._cache[key] = _build(spec, {})
             else:
@@ -245,7 +247,8 @@ def enable(model: Any, preset: Any = DEFAULT_PRESET, *, min_seq_len: int = DEFAU
     ``min_seq_len``: contexts shorter than this run SDPA (default 8192). ``layers``: per-layer override, a dict
     ``{"dense": [0, 1]}`` / ``{0: "dense", 3: "proxyattn", 4: {"budget": "dynamic(gamma=0.9)"}}`` or a callable
     ``layer_idx -> spec`` where a spec is ``None``/``"sdpa"``/``"dense"`` (SDPA), ``"default"``, a preset name,
-    a dict of build options or a :class:`SparseAttention`. ``stats``: record per-layer statistics (one host sync
+    a dict of build options (with ``preset``: a pipeline of its own; without: overrides of the default pipeline)
+    or a :class:`SparseAttention`. ``stats``: record per-layer statistics (one host sync
     per sparse call); ``timing``: also time the stages (synchronises the device). ``strict``: raise instead of
     falling back to SDPA when no kernel can run an input.
     """

@@ -192,6 +192,21 @@ def test_per_layer_preset_and_options():
     assert st[0]["density"] < 1.0 and st[1]["density"] == 1.0 and st[1]["pipeline"].startswith("dense")
 
 
+def test_per_layer_options_without_preset_override_the_default():
+    model = make("llama")
+    skhf.enable(model, layers={1: {"budget": {"gamma": 0.99}}, 0: {"budget": "dynamic(gamma=0.98)"}},
+                dense_above=0.95, **SPARSE)
+    s = skhf.settings(model)
+    one, zero = s.pipeline(1), s.pipeline(0)
+    assert one.config["budget"] == {**s.default.config["budget"], "gamma": 0.99}  # the default's budget, gamma changed
+    assert zero.config["budget"]["gamma"] == 0.98
+    for p in (one, zero):  # everything else is the default's: estimator, kernel, blocks, dense_above
+        assert {k: v for k, v in p.config.items() if k != "budget"} == \
+            {k: v for k, v in s.default.config.items() if k != "budget"}
+    model(ids(1, 128))
+    assert [r["route"] for r in skhf.stats(model)] == ["sparse", "sparse"]
+
+
 def test_stats_budgets_and_timing():
     model = make("qwen2")
     skhf.enable(model, timing=True, **SPARSE)
