@@ -72,7 +72,8 @@ class SdpaKernel(Kernel):
     """
 
     name: ClassVar[str] = "sdpa"
-    description: ClassVar[str] = "dense torch SDPA (cuDNN/FA2); runs only full layouts (mask='dense')"
+    description: ClassVar[str] = ("dense torch SDPA (cuDNN/FA2); runs full layouts (mask='dense') and the dense_above "
+                                  "fallback")
     priority: ClassVar[int] = 150
     dense: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(
