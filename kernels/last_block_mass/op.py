@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .._checks import fmt_dtypes, fmt_ints, interpreted, qk_reasons
+from .._checks import fmt_ints, interpreted, qk_reasons
 from .._triton_common import one_pass_for, pool_chunk_for, pow2_at_least
 from . import kernel as _kernel
 

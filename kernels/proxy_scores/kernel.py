@@ -33,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton_common import _combine_split_lse, _dot, _tile_scores
+from .._triton_common import _combine_split_lse, _tile_scores
 
 
 @triton.jit

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-import torch
 from torch import Tensor
 
 from sparsekit import AttentionProblem, BlockScores, Budget, Budgeter

@@ -288,6 +288,7 @@ def test_packed_scratch_exact_size_covered_and_bitwise(monkeypatch, B, Hq, Hkv, 
         rect = B * G * -(-(-(-Nq // bq)) // (R or 1)) * -(-Nk // bk) * (bk // 16) * rows
         assert n < rect
 
+
 def test_split_paths_agree_and_split_size_rule():
     # every split size, including one kv-block per split and a split longer than the sequence
     q, k = make_qk(9, 1, 8, 2, 300, 300, 32, torch.float32)
