@@ -41,7 +41,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import sys
 import traceback
 
@@ -53,6 +52,7 @@ import triton.testing
 from sparsekit.kernels.block_sparse import block_sparse_attention  # noqa: E402
 from sparsekit.kernels.block_sparse import op as bs_op  # noqa: E402
 from sparsekit.kernels.block_sparse.op import KernelConfig, default_config  # noqa: E402
+from _common import device_meta, parse_n  # noqa: E402  (benchmarks/_common.py)
 
 B, HQ, HKV, D, BLOCK = 1, 32, 8, 128, 128
 DTYPE = torch.bfloat16
@@ -84,11 +84,6 @@ VARIANTS = [
     ("two_loops_64x128_w4_s2", KernelConfig(64, 128, 4, 2)),
     ("two_loops_128x128_w8_s3", KernelConfig(128, 128, 8, 3)),
 ]
-
-
-def parse_n(s: str) -> int:
-    s = s.strip().lower()
-    return int(s[:-1]) * 1024 if s.endswith("k") else int(s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,13 +442,7 @@ def main() -> None:
             rows.append(dict(n=n, impl="all", error=_err(e)))
             torch.cuda.empty_cache()
 
-    meta = dict(
-        gpu=torch.cuda.get_device_name(),
-        torch=torch.__version__,
-        triton=triton.__version__,
-        cuda=torch.version.cuda,
-        python=platform.python_version(),
-        date=_dt.datetime.now().isoformat(timespec="seconds"),
+    meta = device_meta(
         shape=dict(B=B, Hq=HQ, Hkv=HKV, D=D, block=BLOCK, dtype=str(DTYPE)),
         layout_share=args.share,
         default_config=default_config(D, DTYPE, BLOCK, BLOCK).__dict__,

@@ -37,7 +37,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -51,6 +50,7 @@ import triton.testing
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import sparsekit  # noqa: E402
 from sparsekit.workloads import SyntheticWorkload  # noqa: E402
+from _common import device_meta, parse_n  # noqa: E402  (benchmarks/_common.py)
 
 DTYPE = torch.bfloat16
 D, BLOCK, STRIDE = 128, 128, 4
@@ -59,13 +59,6 @@ SHAPES = {
     "qwen2.5-7b": dict(heads=28, kv_heads=4, g=4),
 }
 ROWS: list[dict] = []
-
-
-def parse_n(s: str) -> int:
-    s = s.strip().lower()
-    if s.endswith("m"):
-        return int(s[:-1]) * 1024 * 1024
-    return int(s[:-1]) * 1024 if s.endswith("k") else int(s)
 
 
 def fmt_n(n: int) -> str:
@@ -424,10 +417,8 @@ def main() -> None:
     if args.mem_n:
         run_1m(parse_n(args.mem_n), args)
 
-    meta = dict(
-        gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-        cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
-        date=_dt.datetime.now().isoformat(timespec="seconds"), wall_s=time.perf_counter() - t_start,
+    meta = device_meta(
+        cudnn=torch.backends.cudnn.version(), wall_s=time.perf_counter() - t_start,
         setup=dict(B=1, D=D, dtype=str(DTYPE), block=BLOCK, stride=STRIDE, shapes=SHAPES,
                    preset="proxyattn (gamma=0.95, min_budget=2048, topk)", args=vars(args)),
     )

@@ -22,9 +22,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
 import statistics
 import sys
 import traceback
@@ -33,12 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from _common import device_meta, parse_n  # benchmarks/_common.py
+
 SHAPE = {"name": "llama-3.1-8b", "B": 1, "Hq": 32, "Hkv": 8, "D": 128, "dtype": "bfloat16", "block": 128}
-
-
-def parse_n(s: str) -> int:
-    s = s.strip().lower()
-    return int(s[:-1]) * 1024 if s.endswith("k") else int(s)
 
 
 def _err(e: BaseException) -> str:
@@ -199,16 +194,13 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_planning_strategies.py needs a CUDA GPU")
-    import triton
 
     presets = planning_presets(args.presets)
     rows: list[dict[str, Any]] = []
     for n in map(parse_n, args.n):
         run_n(n, presets, args, rows)
     meta = {
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "cuda": torch.version.cuda, "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "shape": SHAPE,
+        **device_meta(), "shape": SHAPE,
         "inputs": f"torch.randn (seed {args.seed})", "presets": presets,
     }
     if args.out:

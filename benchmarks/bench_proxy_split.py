@@ -17,16 +17,11 @@ identical); the first configuration is the timing baseline. Prints a table, writ
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
 
 import torch
 
-
-def parse_n(s: str) -> int:
-    s = s.lower()
-    return int(s[:-1]) * 1024 if s.endswith("k") else int(s)
+from _common import device_meta, parse_n  # benchmarks/_common.py
 
 
 SHAPES = {"llama-3.1-8b": (32, 8, 1), "qwen2.5-7b": (28, 4, 4)}
@@ -43,7 +38,6 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    import triton
     from triton.testing import do_bench
 
     from sparsekit.kernels.proxy_scores import op
@@ -88,9 +82,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
             del q, k, ref
             torch.cuda.empty_cache()
-    meta = {"benchmark": "proxy_split", "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__,
-            "triton": triton.__version__, "python": platform.python_version(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    meta = {"benchmark": "proxy_split", **device_meta()}
     print(f"\n{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}")
     print(f"{'shape':14s} {'N':>7s} {'config':>14s} {'split':>6s} {'ms':>9s} {'x first':>9s} {'max|diff|':>10s}")
     base: dict = {}

@@ -33,10 +33,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
-import platform
 import statistics
 import sys
 import time
@@ -46,6 +44,8 @@ from typing import Any
 
 import torch
 
+from _common import device_meta, parse_n  # benchmarks/_common.py
+
 LLAMA31_8B = dict(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
     num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
@@ -54,11 +54,6 @@ LLAMA31_8B = dict(
     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 8192},
 )
-
-
-def parse_n(s: str) -> int:
-    s = s.strip().lower()
-    return int(s[:-1]) * 1024 if s.endswith("k") else int(s)
 
 
 def build_model(layers: int) -> Any:
@@ -173,10 +168,8 @@ def main() -> int:
             configs.append((f"sparsekit{tag}-dense_above{x:g}", {"kernel": kern, "dense_above": x}))
 
     meta = {
-        "benchmark": "ttft", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "benchmark": "ttft", **device_meta(),
         "transformers": transformers.__version__, "sparsekit": sparsekit.__version__,
-        "triton": _version("triton"), "python": platform.python_version(),
         "model": {**LLAMA31_8B, "num_hidden_layers": args.layers, "weights": "random bf16 (std 0.02 init)"},
         "layers_note": (None if args.layers == 32 else
                         f"only {args.layers} of Llama-3.1-8B's 32 decoder layers were built: TTFT is of that model"),

@@ -23,13 +23,16 @@ writes JSON with the card and versions.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
+import os
+import sys
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import device_meta  # noqa: E402  (benchmarks/_common.py)
 
 MODES = {"full": 0, "nostore": 1, "noexp": 2, "maxonly": 3, "dotsum": 4, "ex2f16": 5, "ex2bf16": 6}
 
@@ -130,9 +133,7 @@ def main() -> None:
             rows.append({"config": c, "mode": mode, "ms": ms, "elements_per_ns": elems / (ms * 1e6),
                          "tflops_qk": 2 * elems * D / (ms * 1e9), "max_abs_lse_diff_vs_full": err})
             print(json.dumps(rows[-1]), flush=True)
-    meta = {"benchmark": "proxy_pass1_costs", "gpu": torch.cuda.get_device_name(dev), "torch": torch.__version__,
-            "triton": triton.__version__, "python": platform.python_version(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    meta = {"benchmark": "proxy_pass1_costs", **device_meta(),
             "rows_total": args.rows, "keys": keys}
     print(f"\n{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}  rows {args.rows} keys {keys}")
     print(f"{'config':>12s} {'mode':>8s} {'ms':>8s} {'elem/ns':>8s} {'TF/s qk':>8s} {'lse diff':>9s}")

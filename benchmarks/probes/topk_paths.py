@@ -10,9 +10,9 @@ Scores are random (``torch.rand``, so no ties), budgets one ratio per head like 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
+import os
+import sys
 
 import torch
 import triton
@@ -20,12 +20,10 @@ import triton
 from sparsekit import AttentionProblem, BlockScores, Budget
 from sparsekit.plugins.common import masks
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _common import device_meta, parse_n  # noqa: E402  (benchmarks/_common.py)
+
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
-
-
-def parse_n(s: str) -> int:
-    s = s.lower()
-    return int(s[:-1]) * (1 << 20 if s.endswith("m") else 1024) if s[-1] in "km" else int(s)
 
 
 def main() -> None:
@@ -62,9 +60,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
         del q, k, scores, budget, new, old
         torch.cuda.empty_cache()
-    meta = dict(probe="topk_paths", gpu=torch.cuda.get_device_name(dev), torch=torch.__version__,
-                triton=triton.__version__, python=platform.python_version(),
-                date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta = device_meta(probe="topk_paths")
     print(f"\n{meta['gpu']}  torch {meta['torch']}  triton {meta['triton']}")
     print(f"{'N':>8} {'nKb':>6} {'max_k':>6} {'topk_rank ms':>13} {'torch sort ms':>14} {'same':>5}")
     for r in rows:
