@@ -374,7 +374,7 @@ def print_table(rows: list[dict]) -> None:
             print(f"  {fmt_n(r['n']):>5} {r['impl']:<32} {ms:>9}{extra}")
     for r in rows:
         if r.get("impl") == "mem_1m":
-            print(f"\n1M memory check: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            print("\n1M memory check: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in r.items() if k not in ("shape",)))
 
 
