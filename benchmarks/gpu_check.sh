@@ -20,6 +20,7 @@ EOF
 timeout 300 python -m pytest -q -x -p no:cacheprovider \
   tests/kernels/test_proxy_scores.py tests/kernels/test_last_block_mass.py tests/kernels/test_topk_rank.py \
   -k "packed or kernel_tile_counts or bitwise or chunks or match_naive or triton_equals_torch" 2>&1 | tail -3 | tee "$out/pytest_kernels.txt"
+timeout 120 python -m pytest -q -x -p no:cacheprovider tests/hf/test_hf_gpu.py 2>&1 | tail -2 | tee "$out/pytest_hf_gpu.txt"
 
 python benchmarks/bench_proxy_split.py --n 128k 256k --splits auto2 auto --out "$out/proxy_split.json" \
   > "$out/proxy_split.log" 2>&1

@@ -55,3 +55,17 @@ def test_proxyattn_defaults_sparse_at_8k():
     st = skhf.stats(model)
     assert all(r["route"] == "sparse" for r in st)
     assert all(0.0 < r["density"] <= 1.0 and r["kernel"] != "torch" for r in st)  # auto: a GPU kernel
+
+
+def test_dense_above_runs_sdpa_on_the_gpu():
+    model = make()
+    ids = torch.randint(0, 1000, (1, 4096), device="cuda")
+    with torch.inference_mode():
+        ref = model(ids, logits_to_keep=1).logits.float()
+        # random weights attend diffusely: the dynamic budget plans ~0.95 of the blocks, above the threshold
+        skhf.enable(model, "proxyattn", min_seq_len=0, dense_above=0.5)
+        out = model(ids, logits_to_keep=1).logits.float()
+    st = skhf.stats(model)
+    assert all(r["route"] == "sparse" and r["dense_fallback"] is True and r["kernel"] == "sdpa" for r in st)
+    assert all(0.5 <= r["density"] < 1.0 or r["density"] == 1.0 for r in st)
+    torch.testing.assert_close(out, ref, atol=2e-2 * ref.abs().max().item(), rtol=0)
