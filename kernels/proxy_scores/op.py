@@ -147,7 +147,12 @@ def tmax_scratch_bytes(batch_groups: int, n_q: int, n_k: int, block_q: int, bloc
     64.1 MiB at 128K, 256.3 MiB at 256K, 1024.5 MiB at 512K, 4097 MiB at 1M; Qwen2.5-7B shape (G=4) 256.5 MiB
     at 128K, 1025 MiB at 256K. Under ``one_pass_for``'s 1536 MiB the Llama shape walks once up to 512K and the
     Qwen shape up to 256K; 1M (4 GiB) walks twice."""
-    return 4 * batch_groups * tmax_tiles(n_q, n_k, block_q, block_n, q_blocks, causal) * q_blocks * block_s
+    return _packed_bytes(batch_groups, tmax_tiles(n_q, n_k, block_q, block_n, q_blocks, causal), q_blocks * block_s)
+
+
+def _packed_bytes(batch_groups: int, tiles: int, rows: int) -> int:
+    # the packed scratch of ``tiles`` kv-tiles per (batch, group), one float32 per sampled row of each
+    return 4 * batch_groups * tiles * rows
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_k: int, n_sampled: int) -> KernelConfig:
@@ -295,8 +300,7 @@ def proxy_scores(
     R = q_blocks_for(B * groups * n_qb, block_s) if cfg.q_blocks is None else cfg.q_blocks
     grid = (-(-n_qb // R), B * groups)
     tiles = tmax_tiles(Nq, Nk, block_q, cfg.block_n, R, causal)
-    tmax = _tmax_scratch(cfg, tmax_scratch_bytes(B * groups, Nq, Nk, block_q, cfg.block_n, block_s, R, causal),
-                         q.device)
+    tmax = _tmax_scratch(cfg, _packed_bytes(B * groups, tiles, R * block_s), q.device)
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _kernel._proxy_scores_fwd[grid](
             q, kp, out, tmax if tmax is not None else out,  # unused pointer without ONE_PASS
@@ -341,7 +345,7 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
     m_part = torch.empty((BG, n_qb, n_split, block_s), dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
     tiles = tmax_tiles(Nq, Nk, block_q, cfg.block_n, 1, causal)  # packed as on the unsplit path, R = 1
-    tmax = _tmax_scratch(cfg, tmax_scratch_bytes(BG, Nq, Nk, block_q, cfg.block_n, block_s, 1, causal), q.device)
+    tmax = _tmax_scratch(cfg, _packed_bytes(BG, tiles, block_s), q.device)
     one_pass = tmax is not None
     tmax_arg = tmax if one_pass else m_part  # unused pointer without ONE_PASS
     common = dict(STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=block_s, HEAD_DIM=D, BLOCK_Q=block_q)
