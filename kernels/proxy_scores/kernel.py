@@ -273,11 +273,11 @@ def _proxy_scores_fwd(
     # pass 2: max-pooled probabilities per visible kv-block
     out_base = OUT + b64 * stride_ob + g64 * stride_og
     n_vis = tl.cdiv(key_end, BLOCK_K)
-    n_fast_blocks = fast_end // BLOCK_K
     if ONE_PASS:
         _pool_from_tmax(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, 0, n_vis, tmax_base, n_tiles,
                         STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, R, CAUSAL, POOL_CHUNK)
     else:
+        n_fast_blocks = fast_end // BLOCK_K
         _pool_blocks(out_base, stride_oi, stride_oj, i0, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, 0,
                      n_fast_blocks, offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, R,
                      False, CAUSAL, IEEE_DOT, UPCAST_DOT)
@@ -422,24 +422,20 @@ def _proxy_pool_split(
         offs_s = tl.arange(0, BLOCK_S)
         base = (pid_bg.to(tl.int64) * n_qb + i) * n_split * BLOCK_S + offs_s
         lse = _combine_split_lse(M_PART, L_PART, base, tl.cdiv(n_vis, SPLIT_BLOCKS), row_ok, BLOCK_S)
-        if ONE_PASS:
-            qp = 0.0  # unused: the pooling reads TMAX
-        else:
-            qp = _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S, HEAD_DIM)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, HEAD_DIM)
-        k_base = K + b64 * stride_kb + g64 * stride_kg + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
         v_hi = tl.minimum(j_hi, n_vis)
-        n_fast_blocks = fast_end // BLOCK_K
-        mid = tl.maximum(tl.minimum(v_hi, n_fast_blocks), j_lo)
         out_base = OUT + b64 * stride_ob + g64 * stride_og
-        if ONE_PASS:
+        if ONE_PASS:  # the pooling reads kernel 1's tile row maxima: no proxy query, no keys
             _, n_tiles = _program_tiles(i, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_Q, BLOCK_N, 1, CAUSAL)
             tmax_base = _tmax_base(TMAX, pid_bg, i, TMAX_TILES, n_qb, Nq, Nk, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q,
                                    BLOCK_N, 1, CAUSAL)
             _pool_from_tmax(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, j_lo, v_hi, tmax_base, n_tiles,
                             STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1, CAUSAL, POOL_CHUNK)
         else:
+            qp = _load_proxy_query(QP, pid_bg, i, n_qb, BLOCK_S, HEAD_DIM)
+            offs_n = tl.arange(0, BLOCK_N)
+            offs_d = tl.arange(0, HEAD_DIM)
+            k_base = K + b64 * stride_kb + g64 * stride_kg + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+            mid = tl.maximum(tl.minimum(v_hi, fast_end // BLOCK_K), j_lo)  # end of the mask-free blocks
             _pool_blocks(out_base, stride_oi, stride_oj, i, n_qb, Nq, Nk, lse, sub, qp, k_base, stride_kn, j_lo, mid,
                          offs_n, q_pos, qk_scale, STRIDE, N_SAMPLED, BLOCK_S, BLOCK_Q, BLOCK_N, BLOCK_K, 1, False,
                          CAUSAL, IEEE_DOT, UPCAST_DOT)
