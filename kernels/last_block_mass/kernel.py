@@ -190,13 +190,13 @@ def _lbm_block_mass(
     h = pid_bh % H
     mass_row = MASS + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
     j_lo = k_lo // BLOCK_K
-    j_fast = fast_hi // BLOCK_K  # blocks wholly inside the mask-free key range
     j_hi = tl.cdiv(k_hi, BLOCK_K)
-    t_base = pid_bh.to(tl.int64) * N_TILES * BLOCK_M
     if ONE_PASS:
+        t_base = pid_bh.to(tl.int64) * N_TILES * BLOCK_M
         _block_sums_from_stats(mass_row, lse, j_lo, j_hi, inv_rows, T_MAX, T_SUM, t_base, k_hi,
                                BLOCK_M, BLOCK_N, BLOCK_K, CHUNK)
     else:
+        j_fast = fast_hi // BLOCK_K  # blocks wholly inside the mask-free key range
         _block_sums(mass_row, lse, q, k_base, stride_kn, j_lo, j_fast, offs_n, q_pos, Nk, qk_scale, inv_rows,
                     BLOCK_N, BLOCK_K, False, CAUSAL, IEEE_DOT, UPCAST_DOT)
         _block_sums(mass_row, lse, q, k_base, stride_kn, j_fast, j_hi, offs_n, q_pos, Nk, qk_scale, inv_rows,
