@@ -477,7 +477,7 @@ def _measure(abl: Ablation, w: WorkloadCell, n: int, s: StrategyCell, key: str, 
     attend_ms, out = time_ms(lambda: attn.run(plan, v), dev, repeats=reps, warmup=warm)
     # the kernel that ran: with dense_above reached, the dense one (density, recall stay the planned layout's)
     fallback = bool(plan.info.get("dense_fallback")) if attn.dense_above is not None else None
-    kernel = (attn.dense_kernel(plan.problem, v) if fallback else attn.select_kernel(plan.problem, v, plan.layout)).name
+    kernel = plan.info["kernel_name"]
     rows = st["recall_rows"] or None
     recall_h = attention_recall_per_head(q, k, plan.layout, rows=rows, scale=plan.problem.scale)  # [B, Hq]
     density_h = plan.layout.density_per_head().double().cpu()

@@ -594,11 +594,8 @@ def _sparse(pipe: SparseAttention, query: Tensor, key: Tensor, value: Tensor, ma
     record["reason"] = None
     if plan is not None:
         summary = plan.summary()
-        if plan.info.get("dense_fallback"):  # dense_above reached: the dense kernel ran, the density is the plan's
-            kernel = pipe.dense_kernel(plan.problem, vg)
-        else:
-            kernel = pipe.kernel if pipe.kernel is not None else pipe.select_kernel(plan.problem, vg, plan.layout)
-        record.update(pipeline=summary["name"], kernel=kernel.name, density=summary["density"],
+        # the kernel that ran (with dense_above reached, the dense one; the density stays the plan's)
+        record.update(pipeline=summary["name"], kernel=plan.info["kernel_name"], density=summary["density"],
                       density_per_head=summary["density_per_head"])
         if pipe.dense_above is not None:
             record["dense_fallback"] = bool(plan.info.get("dense_fallback"))

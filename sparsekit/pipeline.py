@@ -30,7 +30,7 @@ class Plan:
     budget: Budget | None = None
     timings: dict[str, float] = attrs.field(factory=dict)
     name: str = ""
-    info: dict[str, Any] = attrs.field(factory=dict)  # filled by execution, e.g. "kernel": the kernel that ran
+    info: dict[str, Any] = attrs.field(factory=dict)  # filled by execution: "kernel" / "kernel_name", the kernel that ran
 
     @property
     def density(self) -> float:
@@ -246,7 +246,7 @@ class SparseAttention:
                                   "instead (warned once per reason)", RuntimeWarning, stacklevel=2)
         if kernel is None:
             kernel = self.select_kernel(problem, v, plan.layout)
-        plan.info["kernel"] = kernel.label
+        plan.info["kernel"], plan.info["kernel_name"] = kernel.label, kernel.name
         with _timer(plan.timings if timed else None, "attend", problem.device):
             out = kernel.forward(problem, v, layout)  # type: ignore[arg-type]
         return out

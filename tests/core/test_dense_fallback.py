@@ -51,7 +51,7 @@ def test_below_the_threshold_the_layout_runs():
     attn = build(kernel="torch", dense_above=0.9)
     out, plan = attn(q, k, v, return_plan=True)
     assert 0 < plan.density < 0.9
-    assert "dense_fallback" not in plan.info and plan.info["kernel"] == "torch"
+    assert "dense_fallback" not in plan.info and plan.info["kernel"] == "torch" == plan.info["kernel_name"]
     assert "dense_fallback" not in plan.summary()
     assert torch.equal(out, build(kernel="torch")(q, k, v))  # the same sparse computation
     assert float((out - sdpa_reference(q, k, v)).abs().max()) > 1e-2  # and the layout is really sparse
@@ -64,7 +64,7 @@ def test_at_the_threshold_dense_attention_runs_gqa4(kernel):
     attn = build(kernel=kernel, dense_above=density)  # density >= dense_above: falls back (also a named kernel)
     out, plan = attn(q, k, v, return_plan=True, timed=True)
     assert plan.density == density < 1  # the planned density is still reported
-    assert plan.info["dense_fallback"] is True and plan.info["kernel"] == "sdpa"
+    assert plan.info["dense_fallback"] is True and plan.info["kernel"] == "sdpa" == plan.info["kernel_name"]
     s = plan.summary()
     assert s["dense_fallback"] is True and s["kernel"] == "sdpa" and "attend" in s["timings_ms"]
     torch.testing.assert_close(out, sdpa_reference(q, k, v), atol=ATOL, rtol=0)
