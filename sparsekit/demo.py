@@ -50,7 +50,7 @@ def run_demo(n: int | None = None, *, preset: str = "proxyattn", heads: int | No
                                                                 is_causal=True)
 
     dense_ms, ref = _time(dense, dev, repeats)
-    kernel_used = attn.select_kernel(plan.problem, v, plan.layout).name
+    kernel_used = plan.info["kernel_name"]  # recorded by attn.run
     return {
         "preset": attn.name, "kernel": kernel_used, "device": torch.cuda.get_device_name() if gpu else "cpu",
         "shape": f"B=1 Hq={heads} Hkv={kv_heads} N={n} D={head_dim} {str(dtype).replace('torch.', '')}",
