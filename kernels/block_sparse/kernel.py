@@ -178,6 +178,30 @@ def _attn_fwd_inner(acc, l_i, m_i, q,
 
 
 @triton.jit
+def _tile_of_program(M_CHUNK: tl.constexpr):
+    # (batch * Hq + head, q-tile) of this program. The grid is (B * Hq, n_m) and programs start in linear order
+    # (axis 0 fastest). Heavy rows first: the last q-tiles (most kept blocks under causal) get the lowest ids.
+    # M_CHUNK == 0: all heads of one q-tile, then the next q-tile. M_CHUNK > 0: chunks of M_CHUNK q-tiles, heaviest
+    # chunk first; inside a chunk head after head (the query heads of one KV group next to each other), each
+    # head's q-tiles of the chunk together, so that the programs running at once read the K/V of few KV heads
+    # (more L2 hits when the kept blocks of neighbouring q-tiles and of a group's heads overlap).
+    n_bh = tl.num_programs(0)
+    n_m = tl.num_programs(1)
+    if M_CHUNK == 0:
+        pid_bh = tl.program_id(0)
+        pid_m = n_m - 1 - tl.program_id(1)
+    else:
+        lin = tl.program_id(1) * n_bh + tl.program_id(0)
+        chunk = lin // (M_CHUNK * n_bh)
+        first = chunk * M_CHUNK
+        size = tl.minimum(n_m - first, M_CHUNK)  # the last chunk can be short
+        w = lin - first * n_bh
+        pid_bh = w // size
+        pid_m = n_m - 1 - first - (w - pid_bh * size)
+    return pid_bh, pid_m
+
+
+@triton.jit
 def _block_sparse_attn_fwd(
     Q, K, V, O, LSE, KV_COUNTS, KV_INDICES, Q_LENS, K_LENS, K_DESC, V_DESC,
     qk_scale,
@@ -195,12 +219,9 @@ def _block_sparse_attn_fwd(
     CAUSAL: tl.constexpr, HAS_Q_LENS: tl.constexpr, HAS_K_LENS: tl.constexpr,
     RETURN_LSE: tl.constexpr, POS_SCALE: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
     IDX_CHUNK: tl.constexpr, TMA: tl.constexpr, TMA_ZERO_V: tl.constexpr,
-    ONE_LOOP: tl.constexpr,
+    ONE_LOOP: tl.constexpr, M_CHUNK: tl.constexpr,
 ):
-    # heavy rows first: grid is (B*Hq, n_m_tiles); the last q-tiles (most kept blocks under
-    # causal) get the lowest linear program ids, and all heads of one tile launch together
-    pid_bh = tl.program_id(0)
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    pid_bh, pid_m = _tile_of_program(M_CHUNK)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP

@@ -102,6 +102,11 @@ class KernelConfig:
     ``one_loop``: walk every kept tile in one pipelined loop and mask (causal / sequence end) only the tiles
     that need it, instead of a mask-free loop followed by a second, masked loop. It saves the second loop's
     pipeline fill per program (a fixed cost that dominates short rows) but needs more shared memory per stage.
+    ``m_chunk``: the order in which programs start (results are identical in every order). ``0``: all heads of
+    one q-tile, then the next q-tile (heaviest q-tiles first under causal). ``n > 0``: chunks of ``n``
+    consecutive q-tiles, heaviest chunk first; inside a chunk head after head (the query heads of one KV group
+    next to each other), each head's ``n`` q-tiles together, so that the programs running at once read the K/V
+    of fewer KV heads and share more of them through L2.
     """
 
     block_m: int
@@ -111,6 +116,7 @@ class KernelConfig:
     use_tma: bool = False
     tma_descriptor: str = "host"
     one_loop: bool = False
+    m_chunk: int = 0
 
 
 def default_config(head_dim: int, dtype: torch.dtype, block_q: int, block_k: int) -> KernelConfig:
@@ -431,7 +437,7 @@ def _resolve_config(config, head_dim, dtype, block_q, block_k, device=None) -> K
     cfg = default_config(head_dim, dtype, block_q, block_k)
     if config is None:
         return cfg
-    keys = ("block_m", "block_n", "num_warps", "num_stages", "use_tma", "tma_descriptor", "one_loop")
+    keys = ("block_m", "block_n", "num_warps", "num_stages", "use_tma", "tma_descriptor", "one_loop", "m_chunk")
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):
@@ -457,6 +463,9 @@ def _resolve_config(config, head_dim, dtype, block_q, block_k, device=None) -> K
         bad.append(f"config.num_warps={cfg.num_warps} (supported: 1, 2, 4, 8, 16): pick one of those")
     if cfg.num_stages < 1:
         bad.append(f"config.num_stages={cfg.num_stages} (supported: >= 1): pick a positive number")
+    if isinstance(cfg.m_chunk, bool) or not isinstance(cfg.m_chunk, int) or cfg.m_chunk < 0:
+        bad.append(f"config.m_chunk={cfg.m_chunk!r} (supported: an int >= 0): pass 0 (all heads of a q-tile "
+                   "together) or a chunk of q-tiles per head")
     bad += tma_config_reasons(cfg, device)
     if bad:
         raise ValueError("block_sparse_attention: unsupported config:\n  - " + "\n  - ".join(bad))
@@ -487,7 +496,8 @@ def block_sparse_attention(
     allocated like q (``torch.empty_like``: q's strides when q is dense, e.g. a ``[B, Nq, Hq, D]`` memory seen
     as ``[B, Hq, Nq, D]``; contiguous otherwise).
     ``config``: optional tiling override (``KernelConfig`` or dict with any of ``block_m``, ``block_n``,
-    ``num_warps``, ``num_stages``, ``use_tma``, ``tma_descriptor``, ``one_loop``), for tuning, used as given;
+    ``num_warps``, ``num_stages``, ``use_tma``, ``tma_descriptor``, ``one_loop``, ``m_chunk``), for tuning, used
+    as given;
     default: ``default_config``, then ``short_sequence_config`` (one loop with host TMA at ``Nk <= 32K`` on
     Hopper).
     Returns ``out`` or ``(out, lse)`` with ``lse`` float32 ``[B, Hq, Nq]``.
@@ -587,7 +597,7 @@ def block_sparse_attention(
         RETURN_LSE=bool(return_lse), POS_SCALE=scale > 0, IEEE_DOT=q.dtype == torch.float32,
         UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16,
         IDX_CHUNK=_IDX_CHUNK, TMA=tma, TMA_ZERO_V=tma_zero_v,
-        ONE_LOOP=bool(cfg.one_loop),
+        ONE_LOOP=bool(cfg.one_loop), M_CHUNK=int(cfg.m_chunk),
     )
     _launch(grid, args, kwargs, cfg, q.device)
     return (out, lse) if return_lse else out
