@@ -32,6 +32,23 @@ from sparsekit.workloads import SyntheticWorkload  # noqa: E402
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
 
 
+def rank_order(counts: torch.Tensor, idx: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The same kept blocks per row, walked by the score group's rank (highest first) instead of ascending, the
+    diagonal block last (the two-loop kernel's mask-free prefix stays everything else). Heads of one score group
+    keep nested block sets (ProxyAttn's per-head budgets over a shared score): in rank order they walk a
+    common prefix at the same time; in ascending order each head's walk runs at its own pace."""
+    B, H, nqb, max_k = idx.shape
+    G = scores.shape[1]
+    per_head = scores[:, (torch.arange(H, device=idx.device) * G) // H]  # [B, H, nQb, nKb]
+    key = torch.gather(per_head, -1, idx.long()).float().nan_to_num(nan=-1e30).clamp(min=-1e30)
+    slot = torch.arange(max_k, device=idx.device)
+    diag = idx.long() >= torch.arange(nqb, device=idx.device)[None, None, :, None]  # Nq == Nk, 128-token blocks
+    key = torch.where(diag, torch.full_like(key, -2e30), key)
+    key = torch.where(slot < counts[..., None], key, torch.full_like(key, float("-inf")))
+    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
+    return torch.gather(idx, -1, order).contiguous()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", nargs="+", default=["128k"], help="sequence lengths (e.g. 32k 128k)")
@@ -65,6 +82,11 @@ def main() -> None:
                                    kernel="triton")
             lay = attn.plan(q, k).layout
             layouts.append((f"proxyattn_gamma{gamma:g}", float(lay.density()), lay.kv_counts, lay.kv_indices))
+            scores = attn.estimator.estimate(attn.problem(q, k)).scores
+            layouts.append((f"proxyattn_gamma{gamma:g}_rank", float(lay.density()), lay.kv_counts,
+                            rank_order(lay.kv_counts, lay.kv_indices, scores)))
+            del scores
+        asc_out = {}
         for name, d, counts, idx in layouts:
             ref = None
             base = None
@@ -84,11 +106,16 @@ def main() -> None:
                 same = bool(torch.equal(o, ref))
                 r = dict(n=n, layout=name, density=round(d, 4), m_chunk=chunk, ms=ms, vs_chunk0=base / ms,
                          bitwise_equal_to_chunk0=same, config=cfg.__dict__)
+                if name.endswith("_rank") and name[:-5] in asc_out:
+                    r["max_abs_diff_vs_ascending"] = (o.float() - asc_out[name[:-5]].float()).abs().max().item()
                 rows.append(r)
                 print(f"N={n:>7} {name:<24} d={d:.3f} m_chunk={chunk:>3}: {ms:8.3f} ms  x{base / ms:5.3f}  "
                       f"equal={same}", flush=True)
                 del o
+            if name.startswith("proxyattn") and not name.endswith("_rank"):
+                asc_out[name] = ref
             del ref
+        del asc_out
         del q, k, v, out, layouts
         torch.cuda.empty_cache()
     if args.out:
