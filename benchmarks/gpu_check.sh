@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call: install, run the GPU-compiled kernel tests, then the planning / estimator timings.
+# One device call: install, run the GPU-compiled kernel tests, then the kernel program-order probe and the
+# planning / estimator timings.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else ./gpu_check_out
 #   QUICK=1 bash benchmarks/gpu_check.sh          # tests + the 128K/256K estimator timings only
@@ -19,9 +20,12 @@ EOF
 # kernel tests compiled on the GPU (the interpreter is off when CUDA is present and TRITON_INTERPRET unset)
 timeout 300 python -m pytest -q -x -p no:cacheprovider \
   tests/kernels/test_proxy_scores.py tests/kernels/test_last_block_mass.py tests/kernels/test_topk_rank.py \
-  -k "packed or kernel_tile_counts or bitwise or chunks or match_naive or triton_equals_torch" 2>&1 | tail -3 | tee "$out/pytest_kernels.txt"
+  tests/kernels/test_block_sparse.py \
+  -k "packed or kernel_tile_counts or bitwise or chunks or match_naive or triton_equals_torch or order_is" 2>&1 | tail -3 | tee "$out/pytest_kernels.txt"
 timeout 120 python -m pytest -q -x -p no:cacheprovider tests/hf/test_hf_gpu.py 2>&1 | tail -2 | tee "$out/pytest_hf_gpu.txt"
 
+timeout 200 python benchmarks/probes/kernel_grid_order.py --n 128k --chunks 0 8 16 32 64 --out "$out/grid_order.json" \
+  > "$out/grid_order.log" 2>&1
 python benchmarks/bench_proxy_split.py --n 128k 256k --splits auto2 auto --out "$out/proxy_split.json" \
   > "$out/proxy_split.log" 2>&1
 if [ -z "${QUICK:-}" ]; then
@@ -29,5 +33,6 @@ if [ -z "${QUICK:-}" ]; then
     --mem-n '' --out "$out/planning.json" > "$out/planning.log" 2>&1
 fi
 
+echo; echo "== kernel program order (probes/kernel_grid_order)"; tail -12 "$out/grid_order.log"
 echo; echo "== estimator (bench_proxy_split)"; tail -6 "$out/proxy_split.log"
 if [ -z "${QUICK:-}" ]; then echo; echo "== planning (bench_planning)"; tail -14 "$out/planning.log"; fi
