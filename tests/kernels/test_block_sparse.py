@@ -490,7 +490,7 @@ M_CHUNK_CASES = [c for c in CASES if c.name in (
 )]
 
 
-@pytest.mark.parametrize("m_chunk", [1, 2, 3, 64])
+@pytest.mark.parametrize("m_chunk", [0, 1, 3, 64])  # the reference: the default (DEFAULT_M_CHUNK)
 @pytest.mark.parametrize("c", M_CHUNK_CASES, ids=[c.name for c in M_CHUNK_CASES])
 def test_program_order_is_bitwise_neutral(c: Case, m_chunk):
     (q, k, v, counts, idx), o_ref, lse_ref = _run_case(c)
@@ -501,6 +501,11 @@ def test_program_order_is_bitwise_neutral(c: Case, m_chunk):
                                     causal=c.causal, q_lens=ql, k_lens=kl, return_lse=True,
                                     out=poisoned(qd.shape, c.dtype), config=_cfg_dict(c, m_chunk=m_chunk))
     assert torch.equal(o.cpu(), o_ref) and torch.equal(lse.cpu(), lse_ref)
+
+
+def test_default_program_order():
+    assert bs_op.default_config(128, torch.bfloat16, 128, 128).m_chunk == bs_op.DEFAULT_M_CHUNK > 0
+    assert KernelConfig(128, 128, 8, 5).m_chunk == 0  # an explicit config keeps its own order
 
 
 def test_rejects_bad_m_chunk():
