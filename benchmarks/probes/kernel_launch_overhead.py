@@ -18,57 +18,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import device_meta, parse_n  # noqa: E402
+from _common import device_meta, graph_ms, host_us, parse_n  # noqa: E402
 
 from sparsekit.kernels.block_sparse import block_sparse_attention  # noqa: E402
 from sparsekit.kernels.block_sparse import op as bs_op  # noqa: E402
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 128
-
-
-def host_us(fn, calls: int = 200) -> float:
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / calls * 1e6
-
-
-def graph_ms(fn, replays: int = 50) -> float | None:
-    try:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-    except Exception as e:  # noqa: BLE001
-        print(f"    graph capture failed: {type(e).__name__}: {e}"[:200])
-        return None
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def main() -> None:
