@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 import torch
@@ -103,9 +103,8 @@ class KernelConfig:
     that need it, instead of a mask-free loop followed by a second, masked loop. It saves the second loop's
     pipeline fill per program (a fixed cost that dominates short rows) but needs more shared memory per stage.
     ``m_chunk``: the order in which programs start (results are identical in every order; ``default_config``
-    uses ``DEFAULT_M_CHUNK``). ``0``: all heads of
-    one q-tile, then the next q-tile (heaviest q-tiles first under causal). ``n > 0``: chunks of ``n``
-    consecutive q-tiles, heaviest chunk first; inside a chunk head after head (the query heads of one KV group
+    uses ``DEFAULT_M_CHUNK``). ``0``: all heads of one q-tile, then the next q-tile (heaviest q-tiles first
+    under causal). ``n > 0``: chunks of ``n`` consecutive q-tiles, heaviest chunk first; inside a chunk head after head (the query heads of one KV group
     next to each other), each head's ``n`` q-tiles together, so that the programs running at once read the K/V
     of fewer KV heads and share more of them through L2.
     """
@@ -447,7 +446,7 @@ def _resolve_config(config, head_dim, dtype, block_q, block_k, device=None) -> K
     cfg = default_config(head_dim, dtype, block_q, block_k)
     if config is None:
         return cfg
-    keys = ("block_m", "block_n", "num_warps", "num_stages", "use_tma", "tma_descriptor", "one_loop", "m_chunk")
+    keys = tuple(f.name for f in fields(KernelConfig))
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):

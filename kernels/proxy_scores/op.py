@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 import torch
@@ -205,18 +205,17 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
     cfg = default_config(head_dim, dtype, block_k, n_sampled)
     if config is None:
         return cfg
+    keys = tuple(f.name for f in fields(KernelConfig))
     if isinstance(config, KernelConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        unknown = set(config) - {"block_n", "num_warps", "num_stages", "split_blocks", "q_blocks", "one_pass",
-                                 "pool_chunk"}
+        unknown = set(config) - set(keys)
         if unknown:
-            raise ValueError(f"config keys {sorted(unknown)} (supported: block_n, num_warps, num_stages, "
-                             "split_blocks, q_blocks, one_pass, pool_chunk): drop the unknown keys")
+            raise ValueError(f"config keys {sorted(unknown)} (supported: {', '.join(keys)}): drop the unknown keys")
         cfg = replace(cfg, **dict(config))
     else:
-        raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of block_n/num_warps/"
-                         "num_stages/split_blocks/q_blocks/one_pass/pool_chunk): pass one of those")
+        raise ValueError(f"config={config!r} (supported: None, KernelConfig or a dict of {'/'.join(keys)}): "
+                         "pass one of those")
     bad = []
     if cfg.block_n < 16 or cfg.block_n & (cfg.block_n - 1) or block_k % cfg.block_n:
         bad.append(f"config.block_n={cfg.block_n} (supported: a power of two >= 16 dividing block_k={block_k}): "
