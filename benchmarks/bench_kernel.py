@@ -276,10 +276,14 @@ def run_n(n: int, densities: list[float], args, rows: list[dict]) -> None:
             own_full_ms = t_ms
 
         f_ms, f_err, bm = None, None, None
+
+        def run_flex():
+            return flex(q, k, v, block_mask=bm, enable_gqa=True)
+
         if flex is not None:
             try:
                 bm = flex_block_mask(counts, idx, n, causal_mod)
-                f_ms = bench_ms(lambda: flex(q, k, v, block_mask=bm, enable_gqa=True), rep)
+                f_ms = bench_ms(run_flex, rep)
             except Exception as e:
                 f_err = _err(e)
                 if args.verbose:
@@ -290,8 +294,7 @@ def run_n(n: int, densities: list[float], args, rows: list[dict]) -> None:
             if t_ms is not None:
                 timing["triton"] = dict(graph_ms=graph_ms(run_triton), host_us=host_us(run_triton))
             if f_ms is not None:
-                f_fn = lambda: flex(q, k, v, block_mask=bm, enable_gqa=True)  # noqa: E731
-                timing["flex"] = dict(graph_ms=graph_ms(f_fn), host_us=host_us(f_fn))
+                timing["flex"] = dict(graph_ms=graph_ms(run_flex), host_us=host_us(run_flex))
         if t_ms is not None:
             extra = dict(actual_density=actual, config=used_cfg.__dict__, **timing.get("triton", {}))
             if cudnn_ms:

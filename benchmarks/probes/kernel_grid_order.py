@@ -80,12 +80,12 @@ def main() -> None:
         for gamma in args.gammas:
             attn = sparsekit.build("proxyattn", estimator={"g": 1, "stride": 4}, budget={"gamma": gamma},
                                    kernel="triton")
-            lay = attn.plan(q, k).layout
+            plan = attn.plan(q, k)
+            lay = plan.layout
             layouts.append((f"proxyattn_gamma{gamma:g}", float(lay.density()), lay.kv_counts, lay.kv_indices))
-            scores = attn.estimator.estimate(attn.problem(q, k)).scores
             layouts.append((f"proxyattn_gamma{gamma:g}_rank", float(lay.density()), lay.kv_counts,
-                            rank_order(lay.kv_counts, lay.kv_indices, scores)))
-            del scores
+                            rank_order(lay.kv_counts, lay.kv_indices, plan.scores.scores)))
+            del plan
         asc_out = {}
         for name, d, counts, idx in layouts:
             ref = None
