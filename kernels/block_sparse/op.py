@@ -9,7 +9,6 @@ through ``triton.set_allocator`` (set here, once, only when no allocator was set
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, fmt_ints, interpreted
+from .._launch import Launch, device_index, on_device
 from . import kernel as _kernel
 
 
@@ -511,6 +511,106 @@ def block_sparse_attention(
     Hopper).
     Returns ``out`` or ``(out, lse)`` with ``lse`` float32 ``[B, Hq, Nq]``.
     """
+    key = _call_key(q, k, v, kv_counts, kv_indices, q_lens, k_lens, out, block_q, block_k, causal, return_lse,
+                    scale, config)
+    prep = _PREPARED.get(key) if key is not None else None
+    if prep is None:
+        prep = _prepare(q, k, v, kv_counts, kv_indices, block_q=block_q, block_k=block_k, causal=causal,
+                        q_lens=q_lens, k_lens=k_lens, scale=scale, return_lse=return_lse, out=out, config=config)
+        if key is not None:
+            if len(_PREPARED) >= _PREPARED_MAX:
+                _PREPARED.pop(next(iter(_PREPARED)))  # the oldest entry
+            _PREPARED[key] = prep
+
+    if out is None:
+        # in q's memory layout (as SDPA's flash backend does): for q a [B, Hq, Nq, D] view of [B, Nq, Hq, D] memory
+        # (transformers' projections) the caller's transpose back to [B, Nq, Hq, D] is then free
+        out = torch.empty_like(q, memory_format=torch.preserve_format)
+    lse = torch.empty(prep.lse_shape, dtype=torch.float32, device=q.device) if return_lse else None
+    if prep.kind == _EMPTY:
+        return (out, lse) if return_lse else out
+    if prep.kind == _NO_KEYS:  # no key anywhere: every row is empty
+        out.zero_()
+        if lse is not None:
+            lse.fill_(float("-inf"))
+        return (out, lse) if return_lse else out
+
+    k_desc, v_desc = k, v  # unused pointers unless TMA_HOST
+    if prep.tma == TMA_HOST:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        rows, d, bn = prep.desc_rows, q.shape[3], prep.cfg.block_n
+        k_desc = TensorDescriptor(k.as_strided((rows, d), (k.stride(2), 1)), [rows, d], [k.stride(2), 1], [bn, d])
+        v_desc = TensorDescriptor(v.as_strided((rows, d), (v.stride(2), 1)), [rows, d], [v.stride(2), 1], [bn, d])
+    so = out.stride()
+    args = (
+        q, k, v, out, lse if lse is not None else out,  # LSE: unused pointer when RETURN_LSE is False
+        kv_counts, kv_indices,
+        q_lens if q_lens is not None else kv_counts,  # unused pointers when HAS_Q_LENS / HAS_K_LENS are False
+        k_lens if k_lens is not None else kv_counts,
+        k_desc, v_desc, prep.qk_scale, *prep.qkv_strides, so[0], so[1], so[2], *prep.tail_args,
+    )
+    _launch(prep, args, q.device)
+    return (out, lse) if return_lse else out
+
+
+# kinds of prepared calls: launch the kernel, nothing to write, no key anywhere (rows zeroed)
+_LAUNCH, _EMPTY, _NO_KEYS = 0, 1, 2
+
+
+@dataclass
+class _Prepared:
+    """What ``block_sparse_attention`` derives from a call's metadata alone (validated), reused by later calls with
+    the same ``_call_key``."""
+
+    kind: int
+    lse_shape: tuple[int, int, int]
+    cfg: KernelConfig | None = None
+    tma: int = TMA_OFF
+    desc_rows: int = 0
+    qk_scale: float = 0.0
+    qkv_strides: tuple[int, ...] = ()
+    tail_args: tuple[int, ...] = ()  # layout and LSE strides, sizes
+    grid: tuple[int, int, int] = (1, 1, 1)
+    constexprs: dict[str, Any] | None = None
+    launch: Launch | None = None  # created by the first launch (after any shared-memory fallback)
+    last: dict[str, int] | None = None  # LAST_LAUNCH of this call
+
+
+#: prepared calls by ``_call_key`` (oldest dropped beyond ``_PREPARED_MAX``)
+_PREPARED: dict[tuple, _Prepared] = {}
+_PREPARED_MAX = 512
+
+
+def clear_call_cache() -> None:
+    """Forget the prepared calls (tests that patch this module's checks call it)."""
+    _PREPARED.clear()
+
+
+def _meta(t: Tensor | None) -> tuple | None:
+    # everything of a tensor argument that validation, the config and Triton's specialisation read: shape,
+    # strides, dtype, device and 16-byte alignment
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() & 15)
+
+
+def _call_key(q, k, v, kv_counts, kv_indices, q_lens, k_lens, out, block_q, block_k, causal, return_lse, scale,
+              config) -> tuple | None:
+    """A key from which everything ``_prepare`` computes follows, or None (not cacheable: a dict config, an
+    argument that is not a tensor, an unhashable value)."""
+    if config is not None and not isinstance(config, KernelConfig):
+        return None
+    try:
+        key = (_meta(q), _meta(k), _meta(v), _meta(kv_counts), _meta(kv_indices), _meta(q_lens), _meta(k_lens),
+               _meta(out), block_q, block_k, bool(causal), bool(return_lse), scale, config, _IDX_CHUNK)
+        hash(key)
+    except (AttributeError, TypeError, RuntimeError):
+        return None
+    return key
+
+
+def _prepare(q, k, v, kv_counts, kv_indices, *, block_q, block_k, causal, q_lens, k_lens, scale, return_lse, out,
+             config) -> _Prepared:
+    """Validate a call (raising one ``ValueError`` that lists every problem) and derive its launch."""
     reasons = not_supported_reasons(
         q, k, v, kv_counts, kv_indices, block_q=block_q, block_k=block_k, q_lens=q_lens, k_lens=k_lens
     )
@@ -549,56 +649,27 @@ def block_sparse_attention(
 
     Hkv, Nk = k.shape[1], k.shape[2]
     max_k = kv_indices.shape[-1]
-    if out is None:
-        # in q's memory layout (as SDPA's flash backend does): for q a [B, Hq, Nq, D] view of [B, Nq, Hq, D] memory
-        # (transformers' projections) the caller's transpose back to [B, Nq, Hq, D] is then free
-        out = torch.empty_like(q, memory_format=torch.preserve_format)
-    lse = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device) if return_lse else None
-    if out.numel() == 0 and (lse is None or lse.numel() == 0):
-        return (out, lse) if return_lse else out
+    lse_shape = (B, Hq, Nq)
+    if B * Hq * Nq * D == 0 and (not return_lse or B * Hq * Nq == 0):
+        return _Prepared(_EMPTY, lse_shape)
     if Nk == 0 or max_k == 0:
-        # no key anywhere: every row is empty
-        out.zero_()
-        if lse is not None:
-            lse.fill_(float("-inf"))
-        return (out, lse) if return_lse else out
-
-    n_kb = math.ceil(Nk / block_k)
-    n_m = math.ceil(Nq / cfg.block_m)
-    lse_arg = lse if lse is not None else out  # unused pointer when RETURN_LSE is False
-    stride_lb, stride_lh = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
-    q_lens_arg = q_lens if q_lens is not None else kv_counts  # unused pointer when HAS_Q_LENS is False
-    k_lens_arg = k_lens if k_lens is not None else kv_counts
-    grid = (B * Hq, n_m)
+        return _Prepared(_NO_KEYS, lse_shape)
 
     tma = tma_mode(cfg, k, v)
-    k_desc, v_desc = k, v  # unused pointers unless TMA_HOST
-    if tma == TMA_HOST:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        rows = B * Hkv * Nk
-        k_desc = TensorDescriptor(k.as_strided((rows, D), (k.stride(2), 1)), [rows, D], [k.stride(2), 1],
-                                  [cfg.block_n, D])
-        v_desc = TensorDescriptor(v.as_strided((rows, D), (v.stride(2), 1)), [rows, D], [v.stride(2), 1],
-                                  [cfg.block_n, D])
-    elif tma == TMA_DEVICE and not _INTERPRET:
+    if tma == TMA_DEVICE and not _INTERPRET:
         _ensure_triton_allocator()
     # host descriptors may read rows past k_len in masked tiles: zero those V rows when they can exist
     tma_zero_v = tma == TMA_HOST and (k_lens is not None or Nk % cfg.block_n != 0)
-
-    args = (
-        q, k, v, out, lse_arg, kv_counts, kv_indices, q_lens_arg, k_lens_arg, k_desc, v_desc,
-        scale * 1.4426950408889634,  # log2(e) folded into the scale
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
+    stride_lb, stride_lh = (Hq * Nq, Nq) if return_lse else (0, 0)  # the LSE is allocated contiguous
+    qkv_strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                   v.stride(0), v.stride(1), v.stride(2))
+    tail_args = (
         kv_counts.stride(0), kv_counts.stride(1), kv_counts.stride(2),
         kv_indices.stride(0), kv_indices.stride(1), kv_indices.stride(2), kv_indices.stride(3),
         stride_lb, stride_lh,
-        Hq, Hq // Hkv, Hkv, Nq, Nk, n_kb, max_k,
+        Hq, Hq // Hkv, Hkv, Nq, Nk, math.ceil(Nk / block_k), max_k,
     )
-    kwargs = dict(
+    constexprs = dict(
         HEAD_DIM=D,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         BLOCK_Q=block_q, BLOCK_K=block_k,
@@ -608,8 +679,10 @@ def block_sparse_attention(
         IDX_CHUNK=_IDX_CHUNK, TMA=tma, TMA_ZERO_V=tma_zero_v,
         ONE_LOOP=bool(cfg.one_loop), M_CHUNK=int(cfg.m_chunk),
     )
-    _launch(grid, args, kwargs, cfg, q.device)
-    return (out, lse) if return_lse else out
+    return _Prepared(_LAUNCH, lse_shape, cfg=cfg, tma=tma, desc_rows=B * Hkv * Nk,
+                     qk_scale=scale * 1.4426950408889634,  # log2(e) folded into the scale
+                     qkv_strides=qkv_strides, tail_args=tail_args, grid=(B * Hq, math.ceil(Nq / cfg.block_m), 1),
+                     constexprs=constexprs)
 
 
 #: layout slots scanned per vector load when splitting a row into its mask-free / masked parts
@@ -623,18 +696,25 @@ LAST_LAUNCH: dict[str, int] = {}
 _STAGES_THAT_FIT: dict[tuple, int] = {}
 
 
-def _launch(grid, args, kwargs, cfg: KernelConfig, device: torch.device) -> None:
-    key = (device.type, device.index, cfg, tuple(sorted(kwargs.items())))
-    stages = _STAGES_THAT_FIT.get(key, cfg.num_stages)
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        while True:
-            try:
-                _kernel._block_sparse_attn_fwd[grid](*args, **kwargs, num_warps=cfg.num_warps,
-                                                     num_stages=stages)
-                LAST_LAUNCH.update(num_stages=stages, num_warps=cfg.num_warps, tma=kwargs.get("TMA", TMA_OFF))
-                break
-            except Exception as e:  # too many stages for this GPU's shared memory: use fewer
-                if type(e).__name__ != "OutOfResources" or stages <= 1:
-                    raise
-                stages -= 1
-                _STAGES_THAT_FIT[key] = stages
+def _launch(prep: _Prepared, args: tuple, device: torch.device) -> None:
+    cfg, launch = prep.cfg, prep.launch
+    with on_device(device):
+        if launch is not None:
+            launch(prep.grid, args)
+        else:
+            key = (device.type, device.index, cfg, tuple(sorted(prep.constexprs.items())))
+            stages = _STAGES_THAT_FIT.get(key, cfg.num_stages)
+            while True:
+                launch = Launch(_kernel._block_sparse_attn_fwd, prep.constexprs, cfg.num_warps, stages,
+                                device_index(device))
+                try:
+                    launch(prep.grid, args)
+                    break
+                except Exception as e:  # too many stages for this GPU's shared memory: use fewer
+                    if type(e).__name__ != "OutOfResources" or stages <= 1:
+                        raise
+                    stages -= 1
+                    _STAGES_THAT_FIT[key] = stages
+            prep.launch = launch
+            prep.last = dict(num_stages=stages, num_warps=cfg.num_warps, tma=prep.tma)
+    LAST_LAUNCH.update(prep.last)

@@ -9,7 +9,6 @@ statistics (``tile_stats_bytes``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_ints, interpreted, qk_reasons
+from .._launch import launch, on_device
 from .._triton_common import one_pass_for, pool_chunk_for, pow2_at_least
 from . import kernel as _kernel
 
@@ -201,13 +201,17 @@ def last_block_mass(
     grid = (B * Hq, n_split)
     common = dict(HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=cfg.block_n, CAUSAL=bool(causal),
                   IEEE_DOT=q.dtype == torch.float32, UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16,
-                  ONE_PASS=one_pass, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                  ONE_PASS=one_pass)
+    opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, device=q.device)
     qk_scale = scale * 1.4426950408889634  # log2(e) folded into the scale
     strides = (q.stride(0), q.stride(1), q.stride(2), q.stride(3), k.stride(0), k.stride(1), k.stride(2), k.stride(3))
     sizes = (Hq, Hq // Hkv, Nq, Nk, rows, split_blocks * block_k, n_split, n_tiles)
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
-        _kernel._lbm_row_stats[grid](q, k, m_part, l_part, t_max, t_sum, qk_scale, *strides, *sizes, **common)
-        _kernel._lbm_block_mass[grid](q, k, m_part, l_part, t_max, t_sum, out, qk_scale, 1.0 / rows, *strides,
-                                      out.stride(0), out.stride(1), *sizes, BLOCK_K=block_k,
-                                      CHUNK=min(pool_chunk_for(block_m), pow2_at_least(split_blocks)), **common)
+    with on_device(q.device):
+        launch(_kernel._lbm_row_stats, grid, (q, k, m_part, l_part, t_max, t_sum, qk_scale, *strides, *sizes),
+               common, **opts)
+        launch(_kernel._lbm_block_mass, grid,
+               (q, k, m_part, l_part, t_max, t_sum, out, qk_scale, 1.0 / rows, *strides, out.stride(0), out.stride(1),
+                *sizes),
+               dict(common, BLOCK_K=block_k, CHUNK=min(pool_chunk_for(block_m), pow2_at_least(split_blocks))),
+               **opts)
     return out

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .._checks import interpreted
+from .._launch import launch, on_device
 from .._triton_common import pow2_at_least
 from . import kernel as _kernel
 
@@ -59,11 +60,11 @@ def mass_budget(mass: Tensor, visible: Tensor, gamma: float, min_blocks: int) ->
         return per_block, ratio, count
     mass = mass if mass.stride(-1) == 1 else mass.contiguous()
     block_k = pow2_at_least(nKb)
-    _kernel._mass_budget[(B * Hq,)](
-        mass, visible, per_block, ratio, count, nKb, nQb, Hq, float(gamma), int(min_blocks),
-        mass.stride(0), mass.stride(1), visible.stride(0), visible.stride(1), per_block.stride(0),
-        per_block.stride(1),
-        BLOCK_K=block_k, BLOCK_Q=min(1024, pow2_at_least(nQb)),
-        num_warps=8 if block_k >= 4096 else 4,
-    )
+    with on_device(dev):
+        launch(_kernel._mass_budget, (B * Hq,),
+               (mass, visible, per_block, ratio, count, nKb, nQb, Hq, float(gamma), int(min_blocks),
+                mass.stride(0), mass.stride(1), visible.stride(0), visible.stride(1), per_block.stride(0),
+                per_block.stride(1)),
+               dict(BLOCK_K=block_k, BLOCK_Q=min(1024, pow2_at_least(nQb))),
+               num_warps=8 if block_k >= 4096 else 4, device=dev)
     return per_block, ratio, count

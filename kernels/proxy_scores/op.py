@@ -12,7 +12,6 @@ kernels instead (``_launch_split``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_ints, interpreted, qk_reasons
+from .._launch import launch, on_device
 from .._triton_common import one_pass_for, pool_chunk_for, pow2_at_least
 from . import kernel as _kernel
 
@@ -300,21 +300,21 @@ def proxy_scores(
     grid = (-(-n_qb // R), B * groups)
     tiles = tmax_tiles(Nq, Nk, block_q, cfg.block_n, R, causal)
     tmax = _tmax_scratch(cfg, _packed_bytes(B * groups, tiles, R * block_s), q.device)
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
-        _kernel._proxy_scores_fwd[grid](
+    with on_device(q.device):
+        launch(_kernel._proxy_scores_fwd, grid, (
             q, kp, out, tmax if tmax is not None else out,  # unused pointer without ONE_PASS
             scale * 1.4426950408889634,  # log2(e) folded into the scale
             q.stride(0), q.stride(1), q.stride(2), q.stride(3),
             kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
             groups, Nq, Nk, n_kb, Hq // groups, n_qb, tiles,
+        ), dict(
             STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=block_s,
             HEAD_DIM=D, BLOCK_N=cfg.block_n, BLOCK_Q=block_q, BLOCK_K=block_k, R=R,
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
             ONE_PASS=tmax is not None, POOL_CHUNK=cfg.pool_chunk or pool_chunk_for(R * block_s),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+        ), num_warps=cfg.num_warps, num_stages=cfg.num_stages, device=q.device)
     return out
 
 
@@ -349,21 +349,22 @@ def _launch_split(q: Tensor, kp: Tensor, out: Tensor, scale: float, groups: int,
     tmax_arg = tmax if one_pass else m_part  # unused pointer without ONE_PASS
     common = dict(STRIDE=stride, N_SAMPLED=n_sampled, BLOCK_S=block_s, HEAD_DIM=D, BLOCK_Q=block_q)
     dots = dict(BLOCK_N=cfg.block_n, BLOCK_K=block_k, CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
-                UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages)
+                UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16)
+    opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, device=q.device)
     qk_scale = scale * 1.4426950408889634  # log2(e) folded into the scale
-    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
-        _kernel._proxy_query[(n_qb, BG)](
-            q, qp, q.stride(0), q.stride(1), q.stride(2), q.stride(3), groups, Nq, Hq // groups, n_qb,
-            UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, num_warps=4, **common)
+    with on_device(q.device):
+        launch(_kernel._proxy_query, (n_qb, BG),
+               (q, qp, q.stride(0), q.stride(1), q.stride(2), q.stride(3), groups, Nq, Hq // groups, n_qb),
+               dict(UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, **common), num_warps=4, device=q.device)
         grid = (n_qb, BG, n_split)
-        _kernel._proxy_stats_split[grid](
-            qp, kp, m_part, l_part, tmax_arg, qk_scale,
-            kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
-            groups, Nq, Nk, n_kb, n_qb, n_split, split, tiles, **common, **dots, ONE_PASS=one_pass)
-        _kernel._proxy_pool_split[grid](
-            qp, kp, m_part, l_part, tmax_arg, out, qk_scale,
-            kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
-            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            groups, Nq, Nk, n_kb, n_qb, n_split, split, tiles, **common, **dots, FILL_CHUNK=64, ONE_PASS=one_pass,
-            POOL_CHUNK=cfg.pool_chunk or min(pool_chunk_for(block_s), pow2_at_least(split)))
+        launch(_kernel._proxy_stats_split, grid,
+               (qp, kp, m_part, l_part, tmax_arg, qk_scale, kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
+                groups, Nq, Nk, n_kb, n_qb, n_split, split, tiles),
+               dict(**common, **dots, ONE_PASS=one_pass), **opts)
+        launch(_kernel._proxy_pool_split, grid,
+               (qp, kp, m_part, l_part, tmax_arg, out, qk_scale,
+                kp.stride(0), kp.stride(1), kp.stride(2), kp.stride(3),
+                out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+                groups, Nq, Nk, n_kb, n_qb, n_split, split, tiles),
+               dict(**common, **dots, FILL_CHUNK=64, ONE_PASS=one_pass,
+                    POOL_CHUNK=cfg.pool_chunk or min(pool_chunk_for(block_s), pow2_at_least(split))), **opts)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .._checks import interpreted
+from .._launch import launch, on_device
 from .._triton_common import pow2_at_least
 from . import kernel as _kernel
 
@@ -50,11 +51,11 @@ def topk_compact(asc: Tensor, rank: Tensor, count: Tensor, out: Tensor | None = 
     rank = rank.contiguous()
     assert out.dtype == torch.int32 and out.stride(-1) == 1 and tuple(out.shape) == (B, Hq, n, K)
     BLOCK = max(16, min(block, pow2_at_least(K, 1)))
-    _kernel._topk_compact[(B * Hq * n,)](
-        asc, rank, count, out, K, n, Hq // G,
-        asc.stride(0), asc.stride(1), asc.stride(2),
-        count.stride(0), count.stride(1), count.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        Hq, BLOCK=BLOCK, num_warps=4 if BLOCK >= 512 else 2,
-    )
+    with on_device(asc.device):
+        launch(_kernel._topk_compact, (B * Hq * n,), (
+            asc, rank, count, out, K, n, Hq // G,
+            asc.stride(0), asc.stride(1), asc.stride(2),
+            count.stride(0), count.stride(1), count.stride(2),
+            out.stride(0), out.stride(1), out.stride(2), Hq,
+        ), dict(BLOCK=BLOCK), num_warps=4 if BLOCK >= 512 else 2, device=asc.device)
     return out

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_dtypes, interpreted
+from .._launch import launch, on_device
 from .._triton_common import pow2_at_least
 from . import kernel as _kernel
 
@@ -92,16 +93,16 @@ def topk_rank(scores: Tensor, first: Tensor, last: Tensor, visible: Tensor, sink
     if scores.stride(-1) != 1:
         scores = scores.contiguous()
     block_k = pow2_at_least(nKb)
-    _kernel._topk_rank[(B * G * n,)](  # an absent tensor is passed as scores: its constexpr branch never reads it
-        scores, _or(budget, scores), first, last, visible, _or(rank, scores), _or(counts, scores), _or(max_k, scores),
-        n, G, hpg, nKb,
-        scores.stride(0), scores.stride(1), scores.stride(2),
-        *_strides3(budget), first.stride(0), first.stride(1), last.stride(0), last.stride(1),
-        visible.stride(0), visible.stride(1), *_strides3(rank), *_strides3(counts),
-        SINK=bool(sink), DIAGONAL=bool(diagonal), WITH_COUNTS=counts is not None, WITH_RANK=rank is not None,
-        BLOCK_K=block_k, BLOCK_H=min(128, pow2_at_least(hpg)),
-        num_warps=4 if block_k <= 1024 else 8 if block_k <= 4096 else 16,
-    )
+    with on_device(dev):
+        launch(_kernel._topk_rank, (B * G * n,), (  # an absent tensor is passed as scores: its constexpr branch never reads it
+            scores, _or(budget, scores), first, last, visible, _or(rank, scores), _or(counts, scores),
+            _or(max_k, scores), n, G, hpg, nKb,
+            scores.stride(0), scores.stride(1), scores.stride(2),
+            *_strides3(budget), first.stride(0), first.stride(1), last.stride(0), last.stride(1),
+            visible.stride(0), visible.stride(1), *_strides3(rank), *_strides3(counts),
+        ), dict(SINK=bool(sink), DIAGONAL=bool(diagonal), WITH_COUNTS=counts is not None, WITH_RANK=rank is not None,
+                BLOCK_K=block_k, BLOCK_H=min(128, pow2_at_least(hpg))),
+            num_warps=4 if block_k <= 1024 else 8 if block_k <= 4096 else 16, device=dev)
     return rank, counts, max_k
 
 
@@ -144,10 +145,10 @@ def topk_select(rank: Tensor, counts: Tensor, visible: Tensor, out: Tensor, bloc
     if rank.stride(-1) != 1:
         rank = rank.contiguous()
     BLOCK = max(16, min(block, pow2_at_least(nKb, 1)))
-    _kernel._topk_select[(B * Hq * n,)](
-        rank, counts, visible, out, K, n, Hq, Hq // G,
-        rank.stride(0), rank.stride(1), rank.stride(2), counts.stride(0), counts.stride(1), counts.stride(2),
-        visible.stride(0), visible.stride(1), out.stride(0), out.stride(1), out.stride(2),
-        BLOCK=BLOCK, num_warps=4 if BLOCK >= 512 else 2,
-    )
+    with on_device(rank.device):
+        launch(_kernel._topk_select, (B * Hq * n,), (
+            rank, counts, visible, out, K, n, Hq, Hq // G,
+            rank.stride(0), rank.stride(1), rank.stride(2), counts.stride(0), counts.stride(1), counts.stride(2),
+            visible.stride(0), visible.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        ), dict(BLOCK=BLOCK), num_warps=4 if BLOCK >= 512 else 2, device=rank.device)
     return out

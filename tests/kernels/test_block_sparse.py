@@ -34,6 +34,14 @@ from sparsekit.kernels.block_sparse.op import KernelConfig
 DEVICE = "cuda" if torch.cuda.is_available() and not bs_op._INTERPRET else "cpu"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_call_cache():
+    """Tests patch the launcher's checks (interpreter flag, TMA API, index chunk): start each with no prepared call."""
+    bs_op.clear_call_cache()
+    yield
+    bs_op.clear_call_cache()
+
+
 def floor(dtype, ref):
     """Absolute floor of the accuracy rule: a quarter of one rounding step of ``dtype`` at the
     reference's magnitude, plus 1e-6. (With few keys per row the output is O(1) and both errors are
@@ -658,3 +666,132 @@ def test_explicit_config_is_never_replaced(monkeypatch):
     assert len(calls) == 1
     block_sparse_attention(q, k, v, counts.to(DEVICE), idx.to(DEVICE), **kw, config=dict(one_loop=True))
     assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# prepared calls: the launcher validates and derives a call's launch once per call signature (shapes, strides,
+# dtypes, devices, alignment, options) and reuses it; every reuse must read the new tensors
+
+
+def _fresh(gen, B=2, Hq=4, Hkv=2, N=48, D=16, dtype=torch.float32):
+    return [torch.randn(B, h, N, D, generator=gen, dtype=dtype).to(DEVICE) for h in (Hq, Hkv, Hkv)]
+
+
+def test_prepared_call_reads_new_tensors_each_time():
+    gen = torch.Generator().manual_seed(21)
+    counts, idx = make_layout(2, 4, 48, 48, 16, 16, causal=True, kind="random", gen=gen)
+    counts, idx = counts.to(DEVICE), idx.to(DEVICE)
+    lens = torch.tensor([48, 29], dtype=torch.int32, device=DEVICE)
+    kw = dict(block_q=16, block_k=16, q_lens=lens, k_lens=lens)
+    for step in range(3):  # same signature, fresh values (inputs, layout, lengths) each time
+        q, k, v = _fresh(gen)
+        if step == 2:
+            counts2, idx2 = make_layout(2, 4, 48, 48, 16, 16, causal=True, kind="random", gen=gen,
+                                        q_lens=[48, 17], k_lens=[48, 17])
+            counts, idx = counts2.to(DEVICE), idx2.to(DEVICE)
+            lens = torch.tensor([48, 17], dtype=torch.int32, device=DEVICE)
+            kw.update(q_lens=lens, k_lens=lens)
+        o, lse = block_sparse_attention(q, k, v, counts, idx, return_lse=True, **kw)
+        no, nl = block_sparse_attention_naive(q, k, v, counts, idx, return_lse=True, **kw)
+        torch.testing.assert_close(o, no, rtol=1e-5, atol=2e-6)
+        torch.testing.assert_close(lse, nl, rtol=1e-5, atol=2e-5)
+    assert len(bs_op._PREPARED) == 1  # one signature: prepared once, reused twice
+
+
+def test_prepared_call_keys_on_layout_strides_alignment_and_options():
+    gen = torch.Generator().manual_seed(22)
+    counts, idx = make_layout(1, 4, 48, 48, 16, 16, causal=True, kind="random", gen=gen)
+    counts, idx = counts.to(DEVICE), idx.to(DEVICE)
+    q, k, v = _fresh(gen, B=1)
+    base = dict(block_q=16, block_k=16)
+
+    def check(q, k, v, **kw):
+        kw = {**base, **kw}
+        o = block_sparse_attention(q, k, v, counts, idx, **kw)
+        kw.pop("out", None)
+        kw.pop("config", None)
+        torch.testing.assert_close(o, block_sparse_attention_naive(q, k, v, counts, idx, **kw), rtol=1e-5, atol=2e-6)
+
+    check(q, k, v)
+    n = len(bs_op._PREPARED)
+    # [B, N, H, D] memory seen as [B, H, N, D]: other strides, another entry
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)
+    check(qt, k, v)
+    assert len(bs_op._PREPARED) == n + 1
+    # K/V starting 4 bytes into their storage (not 16-byte aligned)
+    raw = torch.randn(k.numel() + 1, device=DEVICE)
+    k_off = raw[1:].view_as(k)
+    assert k_off.data_ptr() % 16 != k.data_ptr() % 16
+    check(q, k_off, v)
+    assert len(bs_op._PREPARED) == n + 2
+    # options: causal, scale, an explicit config, an out buffer
+    check(q, k, v, causal=False)
+    check(q, k, v, scale=0.3)
+    check(q, k, v, config=KernelConfig(16, 16, 4, 1))
+    check(q, k, v, out=poisoned(q.shape, q.dtype))
+    assert len(bs_op._PREPARED) == n + 6
+    check(q, k, v, scale=0.3)  # seen before
+    assert len(bs_op._PREPARED) == n + 6
+
+
+def test_prepared_call_still_refuses_bad_inputs():
+    q, k, v, counts, idx = _good()
+    block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16)
+    _raises(r"q\.dtype=float64", q.double(), k, v, counts, idx)
+    _raises(r"kv_indices\.dtype=int64", q, k, v, counts, idx.long())
+    _raises(r"scale=inf", q, k, v, counts, idx, scale=float("inf"))
+    _raises(r"out\.shape=", q, k, v, counts, idx, out=torch.empty(1, device=DEVICE))
+    _raises(r"config keys \['bogus'\]", q, k, v, counts, idx, config=dict(bogus=1))
+
+
+def test_prepared_calls_bounded_and_dict_configs_not_kept(monkeypatch):
+    monkeypatch.setattr(bs_op, "_PREPARED_MAX", 2)
+    q, k, v, counts, idx = _good()
+    for scale in (0.1, 0.2, 0.3):
+        block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16, scale=scale)
+    assert len(bs_op._PREPARED) == 2
+    assert [key[12] for key in bs_op._PREPARED] == [0.2, 0.3]  # the oldest went first
+    bs_op.clear_call_cache()
+    block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16, config=dict(block_m=16))
+    assert not bs_op._PREPARED
+
+
+def test_prepared_empty_and_keyless_calls():
+    q = torch.randn(1, 2, 20, 16, device=DEVICE)
+    k = v = torch.randn(1, 1, 30, 16, device=DEVICE)
+    counts = torch.zeros(1, 2, 2, dtype=torch.int32, device=DEVICE)
+    idx = torch.zeros(1, 2, 2, 0, dtype=torch.int32, device=DEVICE)
+    for _ in range(2):  # the second call reuses the prepared "no key anywhere" call
+        o, lse = block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16, return_lse=True,
+                                        out=poisoned(q.shape, q.dtype))
+        assert (o == 0).all() and torch.isneginf(lse).all()
+    q0 = torch.randn(1, 2, 0, 16, device=DEVICE)
+    for _ in range(2):
+        o, lse = block_sparse_attention(q0, k, v, counts[:, :, :0], idx[:, :, :0], block_q=16, block_k=16,
+                                        return_lse=True)
+        assert o.shape == (1, 2, 0, 16) and lse.shape == (1, 2, 0)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="direct launches exist for compiled kernels only")
+def test_direct_launch_matches_jit_launch(monkeypatch):
+    """From the second call on, the compiled kernel is launched directly; results are bitwise those of Triton's JIT
+    path (SPARSEKIT_FAST_LAUNCH off)."""
+    from sparsekit.kernels import _launch
+
+    gen = torch.Generator().manual_seed(23)
+    q, k, v = (t.to(torch.bfloat16) for t in _fresh(gen, B=1, Hq=8, Hkv=2, N=300, D=128))
+    counts, idx = make_layout(1, 8, 300, 300, 64, 64, causal=True, kind="random", gen=gen)
+    counts, idx = counts.to(DEVICE), idx.to(DEVICE)
+    kw = dict(block_q=64, block_k=64, return_lse=True)
+    first = block_sparse_attention(q, k, v, counts, idx, **kw)
+    (prep,) = bs_op._PREPARED.values()
+    assert prep.launch is not None and prep.launch.compiled is not None
+    q2 = torch.randn_like(q)
+    direct = block_sparse_attention(q2, k, v, counts, idx, **kw)
+    bs_op.clear_call_cache()
+    monkeypatch.setattr(_launch, "FAST_LAUNCH", False)
+    jit = block_sparse_attention(q2, k, v, counts, idx, **kw)
+    (prep,) = bs_op._PREPARED.values()
+    assert prep.launch.compiled is None
+    assert torch.equal(direct[0], jit[0]) and torch.equal(direct[1], jit[1])
+    assert not torch.equal(first[0], direct[0])
