@@ -92,7 +92,7 @@ def kernel_part(n: int, rows: list, texts: dict) -> None:
     pieces["not_supported_reasons"] = per_call_us(
         lambda: bs_op.not_supported_reasons(q, k, v, counts, idx, block_q=BLOCK, block_k=BLOCK))
     pieces["call_key"] = per_call_us(
-        lambda: bs_op._call_key(q, k, v, counts, idx, None, None, out, BLOCK, BLOCK, True, False, None, None, 64))
+        lambda: bs_op._call_key(q, k, v, counts, idx, None, None, out, BLOCK, BLOCK, True, False, None, None))
     (prep,) = bs_op._PREPARED.values()
     texts["kernel_launch_direct"] = str(prep.launch.compiled is not None)
 
