@@ -27,7 +27,30 @@ def block_geometry(B: int, Nq: int, Nk: int, block_q: int, block_k: int, causal:
     kv-blocks (a prefix ``0..visible-1``) any row of the q-block may see. Empty q-blocks see 0.
 
     Absent lengths stay Python ints and the same formulas broadcast from scalars: full causal sequences take
-    9 small device ops."""
+    9 small device ops, done once per geometry: without lengths the result is kept (``_FULL_GEOMETRY``, at most
+    ``_FULL_GEOMETRY_MAX`` geometries) and shared by later calls, so callers must not modify it in place."""
+    if q_lens is None and k_lens is None:
+        key = (B, Nq, Nk, block_q, block_k, bool(causal), device)
+        hit = _FULL_GEOMETRY.get(key)
+        if hit is not None:
+            return hit
+        out = _block_geometry(B, Nq, Nk, block_q, block_k, causal, None, None, device)
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        if not capturing:  # tensors of a graph's private pool are not kept
+            if len(_FULL_GEOMETRY) >= _FULL_GEOMETRY_MAX:
+                _FULL_GEOMETRY.pop(next(iter(_FULL_GEOMETRY)))
+            _FULL_GEOMETRY[key] = out
+        return out
+    return _block_geometry(B, Nq, Nk, block_q, block_k, causal, q_lens, k_lens, device)
+
+
+#: block_geometry results of sequences without lengths, by geometry (oldest dropped first)
+_FULL_GEOMETRY: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+_FULL_GEOMETRY_MAX = 64
+
+
+def _block_geometry(B: int, Nq: int, Nk: int, block_q: int, block_k: int, causal: bool,
+                    q_lens: Tensor | None, k_lens: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     ql = Nq if q_lens is None else q_lens.to(device).long()[:, None]  # int or int64 [B, 1]
     kl = Nk if k_lens is None else k_lens.to(device).long()[:, None]
     nQb = math.ceil(Nq / block_q)
