@@ -599,6 +599,8 @@ def _call_key(q, k, v, kv_counts, kv_indices, q_lens, k_lens, out, block_q, bloc
     argument that is not a tensor, an unhashable value)."""
     if config is not None and not isinstance(config, KernelConfig):
         return None
+    if scale is not None and type(scale) not in (float, int):  # e.g. a 0-d tensor: hashed by identity
+        return None
     try:
         key = (_meta(q), _meta(k), _meta(v), _meta(kv_counts), _meta(kv_indices), _meta(q_lens), _meta(k_lens),
                _meta(out), block_q, block_k, bool(causal), bool(return_lse), scale, config, _IDX_CHUNK)

@@ -753,7 +753,8 @@ def test_prepared_calls_bounded_and_dict_configs_not_kept(monkeypatch):
     assert [key[12] for key in bs_op._PREPARED] == [0.2, 0.3]  # the oldest went first
     bs_op.clear_call_cache()
     block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16, config=dict(block_m=16))
-    assert not bs_op._PREPARED
+    block_sparse_attention(q, k, v, counts, idx, block_q=16, block_k=16, scale=torch.tensor(0.2))
+    assert not bs_op._PREPARED  # a dict config or a tensor scale: validated every call, nothing kept
 
 
 def test_prepared_empty_and_keyless_calls():
