@@ -10,8 +10,9 @@ For each shape and N (default 8K 32K 128K 256K):
 
 1. each planning stage alone (``estimate``, ``budget``, ``mask``) and the whole ``attn.plan`` with
    ``triton.testing.do_bench`` medians, the pipeline's own ``plan(timed=True)`` stage timings (median of a
-   few runs; they include a synchronisation per stage), and, at N <= ``--torch-max-n``, the plain-torch
-   stages (``impl="torch"``) for reference;
+   few runs; they include a synchronisation per stage), at N <= ``HOST_MAX_N`` (32K) the host's time per stage
+   (``host_us``: 200 calls queued, a stage is host-bound when it exceeds the do_bench figure), and, at
+   N <= ``--torch-max-n``, the plain-torch stages (``impl="torch"``) for reference;
 2. dense causal attention with torch SDPA's cuDNN backend in the same run (once, with CUDA events, where
    ``do_bench`` would take too long: N >= 256K); planning is reported as a percentage of it;
 3. end to end at 32K and 128K (Llama shape): ``sparsekit.build("proxyattn", kernel="triton")`` (plan + the
@@ -50,10 +51,12 @@ import triton.testing
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import sparsekit  # noqa: E402
 from sparsekit.workloads import SyntheticWorkload  # noqa: E402
-from _common import device_meta, parse_n  # noqa: E402  (benchmarks/_common.py)
+from _common import device_meta, host_us, parse_n  # noqa: E402  (benchmarks/_common.py)
 
 DTYPE = torch.bfloat16
 D, BLOCK, STRIDE = 128, 128, 4
+#: lengths up to which the planning rows also record the host's time per stage (``host_us``)
+HOST_MAX_N = 32768
 SHAPES = {
     "llama-3.1-8b": dict(heads=32, kv_heads=8, g=1),
     "qwen2.5-7b": dict(heads=28, kv_heads=4, g=4),
@@ -234,6 +237,10 @@ def time_planning(attn, q, k, n: int, prefix: str, common: dict) -> dict:
     out["budget_ms"] = bench_ms(lambda: bud.allocate(problem, scores), n)
     out["mask_ms"] = bench_ms(lambda: mask.build(problem, scores, budget), n)
     out["plan_ms"] = bench_ms(lambda: attn.plan(q, k, timed=False), n)
+    if n <= HOST_MAX_N:  # short plans can be bound by the host: its time per stage, 200 calls queued
+        out["host_us"] = {"estimate": host_us(lambda: est.estimate(problem)),
+                          "budget": host_us(lambda: bud.allocate(problem, scores)),
+                          "mask": host_us(lambda: mask.build(problem, scores, budget))}
     runs = [attn.plan(q, k, timed=True).timings for _ in range(5)]
     for key in ("estimate", "budget", "mask"):
         out[f"timed_{key}_ms"] = statistics.median(r.get(key, float("nan")) for r in runs)
@@ -373,8 +380,11 @@ def print_table(rows: list[dict]) -> None:
             continue
         d = dense.get((r["shape"], r["n"]))
         pct = f"{100 * r['plan_ms'] / d:7.2f}%" if d else "      -"
+        host = r.get("host_us")
+        host = "  host us " + " / ".join(f"{host[k]:.0f}" for k in ("estimate", "budget", "mask")) if host else ""
         print(f"{r['shape']:<14}{fmt_n(r['n']):>6}{r['impl']:>13}{r['estimate_ms']:>10.3f}{r['budget_ms']:>9.3f}"
-              f"{r['mask_ms']:>9.3f}{r['plan_ms']:>9.3f}{(d or float('nan')):>10.2f}{pct:>8}{r['density']:>9.3f}")
+              f"{r['mask_ms']:>9.3f}{r['plan_ms']:>9.3f}{(d or float('nan')):>10.2f}{pct:>8}{r['density']:>9.3f}"
+              f"{host}")
     e2e = [r for r in rows if str(r.get("impl", "")).startswith("e2e_") and "ms" in r]
     if e2e:
         print("\nend to end (ms)")

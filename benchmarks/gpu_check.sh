@@ -20,8 +20,9 @@ EOF
 # kernel tests compiled on the GPU (the interpreter is off when CUDA is present and TRITON_INTERPRET unset)
 timeout 300 python -m pytest -q -x -p no:cacheprovider \
   tests/kernels/test_proxy_scores.py tests/kernels/test_last_block_mass.py tests/kernels/test_topk_rank.py \
-  tests/kernels/test_block_sparse.py tests/kernels/test_launch.py \
-  -k "packed or kernel_tile_counts or bitwise or chunks or match_naive or triton_equals_torch or order_is or prepared or direct" 2>&1 | tail -3 | tee "$out/pytest_kernels.txt"
+  tests/kernels/test_mass_budget.py tests/kernels/test_block_sparse.py tests/kernels/test_launch.py \
+  tests/core/test_geometry.py \
+  -k "packed or kernel_tile_counts or bitwise or chunks or match_naive or triton_equals_torch or order_is or prepared or direct or mass_budget or geometry" 2>&1 | tail -3 | tee "$out/pytest_kernels.txt"
 timeout 120 python -m pytest -q -x -p no:cacheprovider tests/hf/test_hf_gpu.py 2>&1 | tail -2 | tee "$out/pytest_hf_gpu.txt"
 
 timeout 200 python benchmarks/probes/kernel_grid_order.py --n 128k --chunks 0 8 16 32 64 --out "$out/grid_order.json" \
