@@ -11,7 +11,8 @@ For each shape and N (default 8K 32K 128K 256K):
 1. each planning stage alone (``estimate``, ``budget``, ``mask``) and the whole ``attn.plan`` with
    ``triton.testing.do_bench`` medians, the pipeline's own ``plan(timed=True)`` stage timings (median of a
    few runs; they include a synchronisation per stage), at N <= ``HOST_MAX_N`` (32K) the host's time per stage
-   (``host_us``: 200 calls queued, a stage is host-bound when it exceeds the do_bench figure), and, at
+   (``host_us``: 200 calls queued, a stage is host-bound when it exceeds the do_bench figure; the mask's
+   ``max_k`` read waits for the GPU once per call), and, at
    N <= ``--torch-max-n``, the plain-torch stages (``impl="torch"``) for reference;
 2. dense causal attention with torch SDPA's cuDNN backend in the same run (once, with CUDA events, where
    ``do_bench`` would take too long: N >= 256K); planning is reported as a percentage of it;
