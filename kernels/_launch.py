@@ -3,7 +3,7 @@
 ``fn[grid](*args, **constexprs)`` (``JITFunction.run``) binds and specialises every argument on every call
 (alignment of each pointer, divisibility of each integer), builds a cache key from them and looks the compiled
 kernel up: on an H200 host that is ~38 of the ~56 us a launch of the 40-argument block-sparse kernel costs
-(``benchmarks/results/launch_host_cost_h200_2026-12-03.json``), against ~18 us for the compiled kernel's own
+(``benchmarks/results/launch_host_cost_before_h200_2026-12-03.json``), against ~18 us for the compiled kernel's own
 launcher.
 
 A :class:`Launch` is one specialisation of one kernel, created by a launcher for a *call key* of its own: a key
