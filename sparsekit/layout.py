@@ -38,7 +38,7 @@ def block_geometry(B: int, Nq: int, Nk: int, block_q: int, block_k: int, causal:
         capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
         if not capturing:  # tensors of a graph's private pool are not kept
             if len(_FULL_GEOMETRY) >= _FULL_GEOMETRY_MAX:
-                _FULL_GEOMETRY.pop(next(iter(_FULL_GEOMETRY)))
+                _FULL_GEOMETRY.pop(next(iter(_FULL_GEOMETRY), None), None)
             _FULL_GEOMETRY[key] = out
         return out
     return _block_geometry(B, Nq, Nk, block_q, block_k, causal, q_lens, k_lens, device)

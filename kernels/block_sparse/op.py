@@ -519,7 +519,7 @@ def block_sparse_attention(
                         q_lens=q_lens, k_lens=k_lens, scale=scale, return_lse=return_lse, out=out, config=config)
         if key is not None:
             if len(_PREPARED) >= _PREPARED_MAX:
-                _PREPARED.pop(next(iter(_PREPARED)))  # the oldest entry
+                _PREPARED.pop(next(iter(_PREPARED), None), None)  # the oldest entry
             _PREPARED[key] = prep
 
     if out is None:
