@@ -74,9 +74,8 @@ class Launch:
             return
         names = list(self.fn.arg_names)
         constexpr_names = {names[i] for i in self.fn.constexprs}
-        if any(n in constexpr_names for n in names[:n_args]) or set(names[n_args:]) != set(self.constexprs):
-            return
-        if set(names[n_args:]) - constexpr_names:
+        tail = set(names[n_args:])  # must be exactly the constexprs passed, all of them constexpr parameters
+        if constexpr_names.intersection(names[:n_args]) or tail != set(self.constexprs) or tail - constexpr_names:
             return
         try:
             self._stream = _stream_getter()
@@ -119,10 +118,7 @@ def launch(fn: Any, grid: tuple[int, ...], args: tuple, constexprs: dict[str, An
         key = None
     else:
         try:
-            # _arg_key of each argument, with tensors and ints inlined (the common arguments; saves a call each)
-            key = (device.index, num_warps, num_stages, tuple(constexprs.items()),
-                   *[(a.dtype, not a.data_ptr() & 15) if isinstance(a, torch.Tensor) else a if type(a) is int
-                     else _arg_key(a) for a in args])
+            key = (device.index, num_warps, num_stages, tuple(constexprs.items()), *map(_arg_key, args))
         except TypeError:
             key = None
     if key is None:
