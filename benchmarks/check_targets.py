@@ -57,8 +57,8 @@ def kernel_rows(rows: list[dict[str, Any]]) -> Iterator[Row]:
                 yield (f"kernel {_fmt_n(n)} density {d} time rule", f"{r['ms']:.3f} ms",
                        f"<= 1.15 x d x full + 0.2 = {allowed:.3f}", bool(r["within_target"]))
             if d in flex:
-                yield (f"kernel {_fmt_n(n)} density {d} vs Flex same layout", f"{r['ms']:.3f} ms vs {flex[d]['ms']:.3f}",
-                       "< Flex", r["ms"] < flex[d]["ms"])
+                yield (f"kernel {_fmt_n(n)} density {d} vs Flex same layout",
+                       f"{r['ms']:.3f} ms vs {flex[d]['ms']:.3f}", "< Flex", r["ms"] < flex[d]["ms"])
         if n == 131072 and 0.1 in tri:
             ms = tri[0.1]["ms"]
             yield ("kernel 128K density 0.1", f"{ms:.2f} ms", f"< {KERNEL_128K_D01_MS:.0f} ms", ms < KERNEL_128K_D01_MS)

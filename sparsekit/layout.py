@@ -49,8 +49,8 @@ _FULL_GEOMETRY: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 _FULL_GEOMETRY_MAX = 64
 
 
-def _block_geometry(B: int, Nq: int, Nk: int, block_q: int, block_k: int, causal: bool,
-                    q_lens: Tensor | None, k_lens: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def _block_geometry(B: int, Nq: int, Nk: int, block_q: int, block_k: int, causal: bool, q_lens: Tensor | None,
+                    k_lens: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     ql = Nq if q_lens is None else q_lens.to(device).long()[:, None]  # int or int64 [B, 1]
     kl = Nk if k_lens is None else k_lens.to(device).long()[:, None]
     nQb = math.ceil(Nq / block_q)

@@ -104,9 +104,9 @@ class KernelConfig:
     pipeline fill per program (a fixed cost that dominates short rows) but needs more shared memory per stage.
     ``m_chunk``: the order in which programs start (results are identical in every order; ``default_config``
     uses ``DEFAULT_M_CHUNK``). ``0``: all heads of one q-tile, then the next q-tile (heaviest q-tiles first
-    under causal). ``n > 0``: chunks of ``n`` consecutive q-tiles, heaviest chunk first; inside a chunk head after head (the query heads of one KV group
-    next to each other), each head's ``n`` q-tiles together, so that the programs running at once read the K/V
-    of fewer KV heads and share more of them through L2.
+    under causal). ``n > 0``: chunks of ``n`` consecutive q-tiles, heaviest chunk first; inside a chunk head after
+    head (the query heads of one KV group next to each other), each head's ``n`` q-tiles together, so that the
+    programs running at once read the K/V of fewer KV heads and share more of them through L2.
     """
 
     block_m: int

@@ -94,7 +94,8 @@ def topk_rank(scores: Tensor, first: Tensor, last: Tensor, visible: Tensor, sink
         scores = scores.contiguous()
     block_k = pow2_at_least(nKb)
     with on_device(dev):
-        launch(_kernel._topk_rank, (B * G * n,), (  # an absent tensor is passed as scores: its constexpr branch never reads it
+        # an absent tensor is passed as scores: its constexpr branch never reads it
+        launch(_kernel._topk_rank, (B * G * n,), (
             scores, _or(budget, scores), first, last, visible, _or(rank, scores), _or(counts, scores),
             _or(max_k, scores), n, G, hpg, nKb,
             scores.stride(0), scores.stride(1), scores.stride(2),
