@@ -45,6 +45,18 @@ class Plan:
         return out
 
 
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The second stream of ``device`` on which an overlapped budget runs (one per device, made on first use)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _SIDE_STREAMS.get(index)
+    if stream is None:
+        stream = _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+    return stream
+
+
 def _timer(timings: dict[str, float] | None, key: str, device: torch.device) -> ContextManager[None]:
     """Adds the block's milliseconds to ``timings[key]`` (synchronising CUDA); nothing when ``timings`` is None."""
     return nullcontext() if timings is None else _timed(timings, key, device)
@@ -93,13 +105,18 @@ class SparseAttention:
     ``dense_above``: when a plan's density (kept / causal blocks) is at least this fraction, :meth:`run` computes
     dense attention with a kernel declaring ``dense = True`` (``sdpa``) instead of the layout; ``None`` (default):
     always the layout.
+
+    ``overlap_budget`` (default ``True``): on CUDA, an untimed plan runs a budgeter declaring ``reads_scores =
+    False`` (``dynamic``, ``fixed``) on a second stream while the estimator runs on the current one, and the mask
+    waits for both (``_overlap_ok`` lists the conditions). ``False``: estimate, then budget, on one stream.
     """
 
     def __init__(self, estimator: Estimator | None, budgeter: Budgeter | None, mask: MaskBuilder,
                  kernel: Kernel | None, *, kernels: list[Kernel] | None = None, block_q: int = 128,
                  block_k: int = 128, check_finite: bool = False, validate: bool = False,
-                 dense_above: float | None = None) -> None:
+                 dense_above: float | None = None, overlap_budget: bool = True) -> None:
         self.estimator, self.budgeter, self.mask, self.kernel = estimator, budgeter, mask, kernel
+        self.overlap_budget = bool(overlap_budget)
         self.kernels = kernels or []  # candidates for kernel="auto", highest priority first
         self.block_q, self.block_k = block_q, block_k
         self.check_finite, self.validate = check_finite, validate
@@ -157,11 +174,13 @@ class SparseAttention:
         timings: dict[str, float] | None = {} if timed else None
         dev = problem.device
         scores = budget = None
-        if self.estimator is not None:
+        if not timed and self._overlap_ok(problem):
+            scores, budget = self._estimate_beside_budget(problem)
+        if self.estimator is not None and scores is None:
             with _timer(timings, "estimate", dev):
                 scores = self._per_seq(self.estimator, problem, lambda p, b: self.estimator.estimate(p),  # type: ignore[union-attr]
                                        lambda parts: BlockScores.stack(parts, problem.nQb, problem.nKb))
-        if self.budgeter is not None:
+        if self.budgeter is not None and budget is None:
             with _timer(timings, "budget", dev):
                 budget = self._per_seq(self.budgeter, problem,
                                        lambda p, b: self.budgeter.allocate(p, _slice_scores(scores, b, p)),  # type: ignore[union-attr]
@@ -174,6 +193,32 @@ class SparseAttention:
         if self.validate:
             layout.validate()
         return Plan(problem, layout, scores, budget, timings or {}, self.name)
+
+    def _overlap_ok(self, problem: AttentionProblem) -> bool:
+        """Whether the budget may run beside the estimate: ``overlap_budget`` on, both stages present, the budgeter
+        declares ``reads_scores = False``, CUDA tensors, the budgeter takes the whole batch (no per-sequence
+        calls, which would build block bounds on both streams) and no CUDA graph is being captured."""
+        bud = self.budgeter
+        return (self.overlap_budget and self.estimator is not None and bud is not None and not bud.reads_scores
+                and not bud.needs_scores and problem.device.type == "cuda"
+                and (not problem.is_varlen or bud.supports_varlen) and not torch.cuda.is_current_stream_capturing())
+
+    def _estimate_beside_budget(self, problem: AttentionProblem) -> tuple[BlockScores, Budget]:
+        """The budget on a second stream while the estimate runs on the current one; the current stream then waits
+        for the budget. Both read ``q``/``k`` and the block bounds, computed here first, on the current stream."""
+        main = torch.cuda.current_stream(problem.device)
+        side = _side_stream(problem.device)
+        problem.block_bounds()  # cached on the problem: neither branch builds them
+        side.wait_stream(main)  # q, k and the bounds are ready
+        with torch.cuda.stream(side):
+            budget = self.budgeter.allocate(problem, None)  # type: ignore[union-attr]
+        scores = self._per_seq(self.estimator, problem, lambda p, b: self.estimator.estimate(p),  # type: ignore[union-attr]
+                               lambda parts: BlockScores.stack(parts, problem.nQb, problem.nKb))
+        main.wait_stream(side)
+        for t in (budget.value, *budget.info.values()):
+            if isinstance(t, Tensor) and t.is_cuda:
+                t.record_stream(main)  # made on the side stream, used on this one
+        return scores, budget
 
     @staticmethod
     def _per_seq(stage: Any, problem: AttentionProblem, call: Callable[[AttentionProblem, int | None], Any],

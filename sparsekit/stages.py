@@ -90,12 +90,17 @@ class Estimator(Stage):
 
 
 class Budgeter(Stage):
-    """Decides how much each (batch, head, q-block) keeps: ``allocate(problem, scores) -> Budget``."""
+    """Decides how much each (batch, head, q-block) keeps: ``allocate(problem, scores) -> Budget``.
+
+    ``reads_scores = False`` declares that ``allocate`` never looks at ``scores`` (it may get ``None``): the pipeline
+    may then run it beside the estimator, on a second CUDA stream (see ``SparseAttention.overlap_budget``). The
+    default, ``True``, keeps the order estimate -> budget."""
 
     kind: ClassVar[StageKind] = "budget"
     produces: ClassVar[BudgetKind] = "count"
     needs_scores: ClassVar[bool] = False
     accepts_scores: ClassVar[frozenset[str]] = frozenset({"mass", "rank"})
+    reads_scores: ClassVar[bool] = True
 
     def allocate(self, problem: AttentionProblem, scores: BlockScores | None) -> Budget:
         raise NotImplementedError

@@ -7,7 +7,10 @@
 * rank: the row's sort key as an order-preserving int32 image of the float32 key (``+-inf`` scores as
   ``+-float32 max``, forced blocks ``+inf``, NaN and invisible blocks ``-inf``, ``-0.0 == +0.0``) in the high
   32 bits of an int64 and ``BLOCK_K - 1 - j`` in the low bits (unique keys: ties go to the lower block index),
-  one descending ``tl.sort``, then a scatter store ``rank[j] = position``.
+  one descending ``tl.sort``, then a scatter store ``rank[j] = position``. With ``NARROW`` >= 1 (2), a row
+  seeing at most ``BLOCK_K / 2`` (``/ 4``) blocks sorts only that many keys (a runtime branch: under causal about
+  half the rows of a long sequence take it) and stores ``rank[j] = j`` for the blocks past them, as the full sort
+  would (they are invisible, and invisible blocks come last in index order).
 
 ``_topk_select`` (launch B), one program per ``(b, i, h)`` (heads of one row adjacent: they read one rank row):
 walks the visible blocks in tiles of ``BLOCK`` (ascending ``j``), flags ``rank < count``, turns the flags into
@@ -50,7 +53,7 @@ def _topk_rank(SCORES, BUDGET, FIRST, LAST, VISIBLE, RANK, COUNTS, MAX_K, n, G, 
                s_rb, s_rg, s_ri,  # rank strides, last dim contiguous
                s_cb, s_ch, s_ci,  # counts strides
                SINK: tl.constexpr, DIAGONAL: tl.constexpr, WITH_COUNTS: tl.constexpr, WITH_RANK: tl.constexpr,
-               BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
+               BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, NARROW: tl.constexpr):
     pid = tl.program_id(0)
     i = pid % n
     bg = pid // n
@@ -77,28 +80,53 @@ def _topk_rank(SCORES, BUDGET, FIRST, LAST, VISIBLE, RANK, COUNTS, MAX_K, n, G, 
         tl.atomic_max(MAX_K, row_max)  # one scalar atomic per program
 
     if WITH_RANK:
-        # load the row's scores once; padding lanes (j >= nKb) end up -inf, after every real block
-        j = tl.arange(0, BLOCK_K)
-        s = tl.load(SCORES + (b64 * s_sb + g64 * s_sg + i64 * s_si) + j, mask=j < nKb, other=float("-inf"))
-        # order-preserving int32 image of the float key: integer ops only (no float compare, no flush to zero)
-        bits = s.to(tl.int32, bitcast=True)
-        mag = bits & 0x7FFFFFFF
-        img = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-        img = tl.where(mag == 0, 0, img)  # -0.0 ties with +0.0, as in a float sort
-        img = tl.minimum(tl.maximum(img, NEG_INF_IMAGE + 1), POS_INF_IMAGE - 1)  # +-inf scores: +-float32 max
-        img = tl.where(mag > POS_INF_IMAGE, NEG_INF_IMAGE, img)  # NaN ranks as -inf
-        if DIAGONAL:
-            img = tl.where((j >= fst) & (j <= lst), POS_INF_IMAGE, img)
-        if SINK:
-            img = tl.where(j == 0, POS_INF_IMAGE, img)
-        img = tl.where(j >= vis, NEG_INF_IMAGE, img)  # last: invisible beats forced
-        # unique int64 keys (lower block index wins ties), one descending sort
-        key = (img.to(tl.int64) << 32) | (BLOCK_K - 1 - j).to(tl.int64)
-        key = tl.sort(key, descending=True)
-        # scatter: block jj sits at position p of the order
-        jj = (BLOCK_K - 1) - key.to(tl.int32)  # the low 32 bits
-        p = tl.arange(0, BLOCK_K)
-        tl.store(RANK + (b64 * s_rb + g64 * s_rg + i64 * s_ri) + jj, p, mask=jj < nKb)
+        src = SCORES + (b64 * s_sb + g64 * s_sg + i64 * s_si)
+        dst = RANK + (b64 * s_rb + g64 * s_rg + i64 * s_ri)
+        # a row that sees at most a quarter (half) of the blocks sorts a quarter (half) as many keys: blocks past
+        # the sort hold rank j (invisible blocks come last, in index order), written without sorting
+        if NARROW >= 2 and vis <= BLOCK_K // 4:
+            _rank_row(src, dst, nKb, fst, lst, vis, SINK, DIAGONAL, BLOCK_K // 4)
+            _rank_tail(dst, nKb, BLOCK_K // 4, BLOCK_K)
+        elif NARROW >= 1 and vis <= BLOCK_K // 2:
+            _rank_row(src, dst, nKb, fst, lst, vis, SINK, DIAGONAL, BLOCK_K // 2)
+            _rank_tail(dst, nKb, BLOCK_K // 2, BLOCK_K)
+        else:
+            _rank_row(src, dst, nKb, fst, lst, vis, SINK, DIAGONAL, BLOCK_K)
+
+
+@triton.jit
+def _rank_row(src, dst, nKb, fst, lst, vis, SINK: tl.constexpr, DIAGONAL: tl.constexpr, W: tl.constexpr):
+    # ranks of blocks 0 .. W-1 (those below nKb) by one descending sort of W keys; every visible block is < W
+    j = tl.arange(0, W)
+    # padding lanes (j >= nKb) end up -inf, after every real block
+    s = tl.load(src + j, mask=j < nKb, other=float("-inf"))
+    # order-preserving int32 image of the float key: integer ops only (no float compare, no flush to zero)
+    bits = s.to(tl.int32, bitcast=True)
+    mag = bits & 0x7FFFFFFF
+    img = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    img = tl.where(mag == 0, 0, img)  # -0.0 ties with +0.0, as in a float sort
+    img = tl.minimum(tl.maximum(img, NEG_INF_IMAGE + 1), POS_INF_IMAGE - 1)  # +-inf scores: +-float32 max
+    img = tl.where(mag > POS_INF_IMAGE, NEG_INF_IMAGE, img)  # NaN ranks as -inf
+    if DIAGONAL:
+        img = tl.where((j >= fst) & (j <= lst), POS_INF_IMAGE, img)
+    if SINK:
+        img = tl.where(j == 0, POS_INF_IMAGE, img)
+    img = tl.where(j >= vis, NEG_INF_IMAGE, img)  # last: invisible beats forced
+    # unique int64 keys (lower block index wins ties), one descending sort
+    key = (img.to(tl.int64) << 32) | (W - 1 - j).to(tl.int64)
+    key = tl.sort(key, descending=True)
+    # scatter: block jj sits at position p of the order
+    jj = (W - 1) - key.to(tl.int32)  # the low 32 bits
+    p = tl.arange(0, W)
+    tl.store(dst + jj, p, mask=jj < nKb)
+
+
+@triton.jit
+def _rank_tail(dst, nKb, W: tl.constexpr, BLOCK_K: tl.constexpr):
+    # blocks W .. nKb-1 of a row seeing at most W blocks: invisible, so rank j (their index order after the
+    # visible ones, as the full sort puts them)
+    j = tl.arange(0, BLOCK_K)
+    tl.store(dst + j, j, mask=(j >= W) & (j < nKb))
 
 
 @triton.jit

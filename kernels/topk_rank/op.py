@@ -70,13 +70,23 @@ def not_supported_reasons(scores: Tensor, first: Tensor, last: Tensor, visible: 
     return reasons
 
 
+def narrow_for(block_k: int) -> int:
+    """Halvings of the sort a row seeing few blocks may take (``NARROW``): 2 from 256 sorted keys, 1 at 128, else 0,
+    so the narrowest sort keeps >= 64 keys."""
+    return 2 if block_k >= 256 else 1 if block_k >= 128 else 0
+
+
 def topk_rank(scores: Tensor, first: Tensor, last: Tensor, visible: Tensor, sink: bool, diagonal: bool,
-              budget: Tensor | None = None, *, ranks: bool = True, checked: bool = False
+              budget: Tensor | None = None, *, ranks: bool = True, checked: bool = False, narrow: int | None = None
               ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """``(rank, counts, max_k)`` like ``topk_rank_naive``, in one launch (none when there is nothing to do).
 
     ``checked=True``: the caller already ran ``not_supported_reasons`` on these inputs (or on the tensors they are
-    row slices of) and got no reason, so they are not checked twice (host time per call)."""
+    row slices of) and got no reason, so they are not checked twice (host time per call). ``narrow``: 0, 1 or 2
+    halvings of the sort for rows that see at most half / a quarter of the blocks (``None``: ``narrow_for``;
+    the result is the same)."""
+    if narrow not in (None, 0, 1, 2):
+        raise ValueError(f"topk_rank: narrow={narrow!r} (supported: None, 0, 1, 2): pass one of those")
     reasons = [] if checked else not_supported_reasons(scores, first, last, visible, budget)
     if reasons:
         raise ValueError("topk_rank: inputs not supported by the Triton kernel:\n  - " + "\n  - ".join(reasons))
@@ -93,6 +103,7 @@ def topk_rank(scores: Tensor, first: Tensor, last: Tensor, visible: Tensor, sink
     if scores.stride(-1) != 1:
         scores = scores.contiguous()
     block_k = pow2_at_least(nKb)
+    narrow = narrow_for(block_k) if narrow is None else min(narrow, (block_k // 16).bit_length() - 1)
     with on_device(dev):
         # an absent tensor is passed as scores: its constexpr branch never reads it
         launch(_kernel._topk_rank, (B * G * n,), (
@@ -102,7 +113,7 @@ def topk_rank(scores: Tensor, first: Tensor, last: Tensor, visible: Tensor, sink
             *_strides3(budget), first.stride(0), first.stride(1), last.stride(0), last.stride(1),
             visible.stride(0), visible.stride(1), *_strides3(rank), *_strides3(counts),
         ), dict(SINK=bool(sink), DIAGONAL=bool(diagonal), WITH_COUNTS=counts is not None, WITH_RANK=rank is not None,
-                BLOCK_K=block_k, BLOCK_H=min(128, pow2_at_least(hpg))),
+                BLOCK_K=block_k, BLOCK_H=min(128, pow2_at_least(hpg)), NARROW=narrow),
             num_warps=4 if block_k <= 1024 else 8 if block_k <= 4096 else 16, device=dev)
     return rank, counts, max_k
 

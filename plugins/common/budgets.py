@@ -32,6 +32,7 @@ class FixedBudget(Budgeter):
     description: ClassVar[str] = "fixed block count or ratio of the visible blocks"
     supports_varlen: ClassVar[bool] = True
     produces: ClassVar[str] = "count"  # type: ignore[assignment]
+    reads_scores: ClassVar[bool] = False  # the pipeline may run it beside the estimator
 
     blocks: int | None = attrs.field(default=None, validator=_blocks)
     ratio: float | None = attrs.field(default=0.1, validator=_ratio)

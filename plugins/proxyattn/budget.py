@@ -55,6 +55,7 @@ class DynamicBudget(Budgeter):
     name: ClassVar[str] = "dynamic"
     description: ClassVar[str] = "ProxyAttn: per-head ratio from the last q-block's cumulative mass (gamma)"
     produces: ClassVar[str] = "count"  # type: ignore[assignment]
+    reads_scores: ClassVar[bool] = False  # the pipeline may run it beside the estimator
 
     gamma: float = attrs.field(default=0.95, validator=unit_fraction)
     min_budget: int = attrs.field(default=2048, validator=non_negative_int)

@@ -119,6 +119,41 @@ def test_rank_only_and_counts_only():
     assert c_none is None and m_none is None and torch.equal(rank, full[0][:, :, rows])
 
 
+NARROW_CASES = [  # causal rows seeing 1 .. nKb blocks, so the quarter, half and full sorts all run; kind, G, sink, diag
+    ((1, 4, 1024, 1024, 16, 16, True, None, None), "special", 2, True, True),  # nKb = 64: sorts of 16, 32, 64 keys
+    ((2, 4, 900, 1000, 16, 16, True, None, None), "ties", 1, False, True),  # chunked prefill, nKb = 63
+    ((2, 4, 900, 900, 16, 16, True, [900, 200], [900, 200]), "special", 2, True, False),  # varlen
+]
+
+
+@pytest.mark.parametrize("narrow", [1, 2])
+@pytest.mark.parametrize("case", NARROW_CASES, ids=["square", "chunked", "varlen"])
+def test_narrow_sorts_give_the_full_ranks(case, narrow):
+    """Rows seeing at most half / a quarter of the blocks sort that many keys: the ranks (a full permutation,
+    blocks past the sort at rank j), counts and max equal the twin's exactly, on ties and special values."""
+    geom, kind, G, sink, diagonal = case
+    prob = make_problem(*geom)
+    first, last, visible = prob.block_bounds()
+    vis, width = visible.cpu(), 64  # the sort of nKb <= 64 blocks
+    assert int(vis.min()) <= width // 4 and int(vis.max()) > width // 2  # every branch is taken
+    gen = torch.Generator().manual_seed(11 + prob.nKb + narrow)
+    scores = random_scores(kind, (prob.B, G, prob.nQb, prob.nKb), gen)
+    budget = torch.randint(-2, prob.nKb + 4, (prob.B, prob.Hq, prob.nQb), generator=gen, dtype=torch.int32)
+    want = topk_rank_naive(scores, first.cpu(), last.cpu(), vis, sink, diagonal, budget)
+    got = op.topk_rank(scores.to(DEVICE), first, last, visible, sink, diagonal, budget.to(DEVICE), narrow=narrow)
+    for g, w, name in zip(got, want, ("rank", "counts", "max_k")):
+        assert torch.equal(g.cpu(), w), name
+
+
+def test_narrow_is_checked_and_automatic():
+    assert [op.narrow_for(b) for b in (16, 64, 128, 256, 1024)] == [0, 0, 1, 2, 2]
+    prob = make_problem(1, 4, 128, 128, 16, 16, True)
+    first, last, visible = prob.block_bounds()
+    scores = torch.rand(1, 1, prob.nQb, prob.nKb, device=DEVICE)
+    with pytest.raises(ValueError, match=r"narrow=3 \(supported: None, 0, 1, 2\)"):
+        op.topk_rank(scores, first, last, visible, True, True, narrow=3)
+
+
 # ------------------------------------------------------------------------------------------------
 # the mask end to end: impl="triton" (the kernels) against impl="torch" (the reference)
 

@@ -1,0 +1,82 @@
+"""Probe: the whole ProxyAttn plan with and without the budget beside the estimate (``overlap_budget``) and with
+and without the narrow rank sorts (``topk_rank``'s ``narrow``), all four combinations in one run, against dense
+cuDNN SDPA timed in the same run; plus the mask stage alone both ways. Shapes and inputs of
+``bench_planning.py`` (Llama-3.1-8B: 32/8 heads, G=1; Qwen2.5-7B: 28/4 heads, G=4; stride 4, blocks 128).
+
+Each variant's layout is checked equal to the sequential, full-sort plan's (bit for bit).
+
+    python benchmarks/probes/plan_overlap.py --n 32k 128k --out benchmarks/results/plan_overlap_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import bench_planning as bp  # noqa: E402
+from _common import device_meta, parse_n  # noqa: E402
+
+from sparsekit.kernels.topk_rank import op as rank_op  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", nargs="+", default=["32k", "128k"])
+    ap.add_argument("--shapes", nargs="+", default=list(bp.SHAPES))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    rows = []
+    auto_narrow = rank_op.narrow_for
+    for shape in args.shapes:
+        for n in map(parse_n, args.n):
+            q, k, v, gen, _ = bp.make_inputs(shape, n, 131072)
+            dense_ms, _ = bp.time_dense("cudnn", q, k, v, n, once_from=1 << 30)
+            attn = bp.build(shape, "auto")
+            problem = attn.problem(q, k)
+            est, bud, mask = attn.estimator, attn.budgeter, attn.mask
+            scores = est.estimate(problem)
+            budget = bud.allocate(problem, scores)
+            ref = None
+            out = dict(shape=shape, n=n, dense_cudnn_ms=dense_ms)
+            for narrow in (False, True):
+                rank_op.narrow_for = auto_narrow if narrow else (lambda block_k: 0)
+                out[f"mask_{'narrow' if narrow else 'full'}_ms"] = bp.bench_ms(
+                    lambda: mask.build(problem, scores, budget), n)
+                for overlap in (False, True):
+                    attn.overlap_budget = overlap
+                    bp._warm(lambda: attn.plan(q, k, timed=False), seconds=0.3)
+                    key = f"plan_{'overlap' if overlap else 'seq'}_{'narrow' if narrow else 'full'}"
+                    out[f"{key}_ms"] = bp.bench_ms(lambda: attn.plan(q, k, timed=False), n)
+                    out[f"{key}_pct"] = 100 * out[f"{key}_ms"] / dense_ms
+                    layout = attn.plan(q, k, timed=False).layout
+                    if ref is None:
+                        ref = layout
+                    out[f"{key}_same_layout"] = bool(torch.equal(layout.kv_counts, ref.kv_counts)
+                                                     and torch.equal(layout.kv_indices, ref.kv_indices))
+            rank_op.narrow_for = auto_narrow
+            attn.overlap_budget = True
+            out["estimate_ms"] = bp.bench_ms(lambda: est.estimate(problem), n)
+            out["budget_ms"] = bp.bench_ms(lambda: bud.allocate(problem, scores), n)
+            rows.append(out)
+            print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in out.items()}, flush=True)
+            del q, k, v, attn, problem, scores, budget, ref
+            torch.cuda.empty_cache()
+    print(f"\n{'shape':14s} {'N':>5s} {'cudnn':>8s} {'seq/full':>9s} {'seq/narrow':>10s} {'ovl/full':>9s} "
+          f"{'ovl/narrow':>10s} {'pct':>6s} {'mask full':>9s} {'narrow':>7s} same")
+    for r in rows:
+        same = all(r[k] for k in r if k.endswith("same_layout"))
+        print(f"{r['shape']:14s} {bp.fmt_n(r['n']):>5s} {r['dense_cudnn_ms']:8.2f} {r['plan_seq_full_ms']:9.3f} "
+              f"{r['plan_seq_narrow_ms']:10.3f} {r['plan_overlap_full_ms']:9.3f} {r['plan_overlap_narrow_ms']:10.3f} "
+              f"{r['plan_overlap_narrow_pct']:5.2f}% {r['mask_full_ms']:9.3f} {r['mask_narrow_ms']:7.3f} {same}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"probe": "plan_overlap", **device_meta(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
