@@ -66,11 +66,19 @@ class _FakeStream:
     def wait_stream(self, other):
         self.log.append(f"{self.name} waits for {other.name}")
 
+    def record_event(self):
+        self.log.append(f"event on {self.name}")
+        return f"event of {self.name}"
+
+    def wait_event(self, event):
+        self.log.append(f"{self.name} waits for the {event}")
+
 
 def test_overlapped_plan_orders_the_streams(monkeypatch):
-    """With the stream calls replaced by recorders (CPU): the side stream waits for the current one, the budget is
-    issued inside the side stream's context, the estimate outside it, and the current stream waits for the side
-    stream before the mask; the plan equals the sequential one."""
+    """With the stream calls replaced by recorders (CPU): an event is recorded on the current stream, the estimate
+    issued there, the side stream waits for that event (not for the estimate), the budget is issued inside the
+    side stream's context, and the current stream waits for the side stream before the mask; the plan equals the
+    sequential one."""
     log: list[str] = []
     main, side = _FakeStream("main", log), _FakeStream("side", log)
     current = [main]
@@ -108,8 +116,8 @@ def test_overlapped_plan_orders_the_streams(monkeypatch):
     log.clear()
     monkeypatch.setattr(pl.SparseAttention, "_overlap_ok", lambda self, problem: True)
     got = attn.plan(q, k, timed=False)
-    assert log == ["side waits for main", "enter side", "budget on side scores=False", "leave side",
-                   "estimate on main", "main waits for side"]
+    assert log == ["event on main", "estimate on main", "side waits for the event of main", "enter side",
+                   "budget on side scores=False", "leave side", "main waits for side"]
     assert torch.equal(got.layout.kv_counts, want.layout.kv_counts)
     assert torch.equal(got.layout.kv_indices, want.layout.kv_indices)
     assert torch.equal(got.budget.value, want.budget.value)
