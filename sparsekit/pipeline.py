@@ -45,15 +45,16 @@ class Plan:
         return out
 
 
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+_PRIORITY_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """The second stream of ``device`` on which an overlapped budget runs (one per device, made on first use)."""
+def _priority_stream(device: torch.device) -> torch.cuda.Stream:
+    """The highest-priority stream of ``device`` on which an overlapped estimate runs (one per device, made on
+    first use; torch maps the priority to the device's range)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    stream = _SIDE_STREAMS.get(index)
+    stream = _PRIORITY_STREAMS.get(index)
     if stream is None:
-        stream = _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+        stream = _PRIORITY_STREAMS[index] = torch.cuda.Stream(device=index, priority=-100)
     return stream
 
 
@@ -106,9 +107,9 @@ class SparseAttention:
     dense attention with a kernel declaring ``dense = True`` (``sdpa``) instead of the layout; ``None`` (default):
     always the layout.
 
-    ``overlap_budget`` (default ``True``): on CUDA, an untimed plan runs a budgeter declaring ``reads_scores =
-    False`` (``dynamic``, ``fixed``) on a second stream while the estimator runs on the current one, and the mask
-    waits for both (``_overlap_ok`` lists the conditions). ``False``: estimate, then budget, on one stream.
+    ``overlap_budget`` (default ``True``): on CUDA, an untimed plan runs the estimator on a high-priority stream
+    while a budgeter declaring ``reads_scores = False`` (``dynamic``, ``fixed``) runs on the current one, and the
+    mask waits for both (``_overlap_ok`` lists the conditions). ``False``: estimate, then budget, on one stream.
     """
 
     def __init__(self, estimator: Estimator | None, budgeter: Budgeter | None, mask: MaskBuilder,
@@ -196,35 +197,36 @@ class SparseAttention:
 
     def _overlap_ok(self, problem: AttentionProblem) -> bool:
         """Whether the budget may run beside the estimate: ``overlap_budget`` on, both stages present, the budgeter
-        declares ``reads_scores = False``, CUDA tensors, the budgeter takes the whole batch (no per-sequence
-        calls, which would build block bounds on both streams) and no CUDA graph is being captured."""
-        bud = self.budgeter
-        return (self.overlap_budget and self.estimator is not None and bud is not None and not bud.reads_scores
+        declares ``reads_scores = False``, CUDA tensors, both stages take the whole batch (per-sequence calls
+        would build and cache block bounds on both streams) and no CUDA graph is being captured."""
+        est, bud = self.estimator, self.budgeter
+        return (self.overlap_budget and est is not None and bud is not None and not bud.reads_scores
                 and not bud.needs_scores and problem.device.type == "cuda"
-                and (not problem.is_varlen or bud.supports_varlen) and not torch.cuda.is_current_stream_capturing())
+                and (not problem.is_varlen or (bud.supports_varlen and est.supports_varlen))
+                and not torch.cuda.is_current_stream_capturing())
 
     def _estimate_beside_budget(self, problem: AttentionProblem) -> tuple[BlockScores, Budget]:
-        """The estimate on the current stream, then the budget on a second stream that waits only for what was
-        queued before the estimate; the current stream then waits for the budget. Both read ``q``/``k`` and the
-        block bounds, computed here first, on the current stream.
+        """The estimate on a high-priority stream and the budget on the current one, side by side; the current
+        stream then waits for the estimate. Both read ``q``/``k`` and the block bounds, computed here first, on
+        the current stream.
 
-        The estimate is issued first because it is the long pole: a budget queued ahead of it would hold SMs
-        while the estimate's heaviest programs wait (measured: 0.50 -> 0.59 ms for the Llama-shape plan at 32K on
-        an H200, ``plan_overlap_h200_2026-12-03.json``); queued behind it, the budget's programs fill the SMs the
-        estimate's last programs leave idle."""
+        The estimate is the long pole, so it is issued first and on the stream of higher priority: the block
+        scheduler starts its pending programs before the budget's, and the budget's programs fill the SMs the
+        estimate's last programs leave idle. Issued ahead of the estimate on an equal-priority stream, the
+        budget held SMs while the estimate's heaviest programs waited (Llama shape at 32K on an H200: plan
+        0.50 -> 0.59 ms); issued after it on an equal-priority stream, it still delayed the second and third
+        launches of the estimate's split-K path (0.71 -> 0.83 ms), see ``plan_overlap_h200_2026-12-03.json``."""
         main = torch.cuda.current_stream(problem.device)
-        side = _side_stream(problem.device)
+        fast = _priority_stream(problem.device)
         problem.block_bounds()  # cached on the problem: neither branch builds them
-        ready = main.record_event()  # q, k and the bounds are ready
-        scores = self._per_seq(self.estimator, problem, lambda p, b: self.estimator.estimate(p),  # type: ignore[union-attr]
-                               lambda parts: BlockScores.stack(parts, problem.nQb, problem.nKb))
-        side.wait_event(ready)
-        with torch.cuda.stream(side):
-            budget = self.budgeter.allocate(problem, None)  # type: ignore[union-attr]
-        main.wait_stream(side)
-        for t in (budget.value, *budget.info.values()):
+        fast.wait_event(main.record_event())  # q, k and the bounds are ready
+        with torch.cuda.stream(fast):
+            scores = self.estimator.estimate(problem)  # type: ignore[union-attr]
+        budget = self.budgeter.allocate(problem, None)  # type: ignore[union-attr]
+        main.wait_stream(fast)
+        for t in (scores.scores, *scores.info.values()):
             if isinstance(t, Tensor) and t.is_cuda:
-                t.record_stream(main)  # made on the side stream, used on this one
+                t.record_stream(main)  # made on the estimate's stream, used on this one
         return scores, budget
 
     @staticmethod

@@ -40,7 +40,7 @@ def test_overlap_applies_only_on_cuda_without_capture_and_when_declared(monkeypa
     on_cuda = SimpleNamespace(device=torch.device("cuda", 0), is_varlen=False)
     varlen = SimpleNamespace(device=torch.device("cuda", 0), is_varlen=True)
     assert attn._overlap_ok(on_cuda)
-    assert not attn._overlap_ok(varlen)  # dynamic runs per sequence there: block bounds on both streams
+    assert not attn._overlap_ok(varlen)  # both run per sequence there: block bounds on both streams
     capturing[0] = True
     assert not attn._overlap_ok(on_cuda)  # never while a CUDA graph is captured
     capturing[0] = False
@@ -54,7 +54,8 @@ def test_overlap_applies_only_on_cuda_without_capture_and_when_declared(monkeypa
     attn.budgeter = Reader()  # reads_scores defaults to True: estimate, then budget
     assert not attn._overlap_ok(on_cuda)
     fixed = sparsekit.build("proxyattn", budget="fixed(ratio=0.2)")
-    assert fixed._overlap_ok(on_cuda) and fixed._overlap_ok(varlen)  # fixed takes the whole batch
+    assert fixed._overlap_ok(on_cuda)
+    assert not fixed._overlap_ok(varlen)  # fixed takes the whole batch, the proxy estimator one sequence at a time
     streaming = sparsekit.build("streaming")  # no estimator: nothing to overlap
     assert streaming.estimator is None and not streaming._overlap_ok(on_cuda)
 
@@ -75,12 +76,11 @@ class _FakeStream:
 
 
 def test_overlapped_plan_orders_the_streams(monkeypatch):
-    """With the stream calls replaced by recorders (CPU): an event is recorded on the current stream, the estimate
-    issued there, the side stream waits for that event (not for the estimate), the budget is issued inside the
-    side stream's context, and the current stream waits for the side stream before the mask; the plan equals the
-    sequential one."""
+    """With the stream calls replaced by recorders (CPU): the high-priority stream waits for an event recorded on
+    the current one, the estimate is issued inside its context, then the budget on the current stream, which
+    waits for the estimate's stream before the mask; the plan equals the sequential one."""
     log: list[str] = []
-    main, side = _FakeStream("main", log), _FakeStream("side", log)
+    main, fast = _FakeStream("main", log), _FakeStream("fast", log)
     current = [main]
 
     @contextmanager
@@ -95,7 +95,7 @@ def test_overlapped_plan_orders_the_streams(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
     monkeypatch.setattr(torch.cuda, "stream", use)
-    monkeypatch.setattr(pl, "_side_stream", lambda device: side)
+    monkeypatch.setattr(pl, "_priority_stream", lambda device: fast)
     attn = sparsekit.build("proxyattn", budget={"gamma": 0.9, "min_budget": 0}, block_q=64, block_k=64)
     est, bud = attn.estimator, attn.budgeter
     orig_est, orig_bud = type(est).estimate, type(bud).allocate
@@ -116,8 +116,8 @@ def test_overlapped_plan_orders_the_streams(monkeypatch):
     log.clear()
     monkeypatch.setattr(pl.SparseAttention, "_overlap_ok", lambda self, problem: True)
     got = attn.plan(q, k, timed=False)
-    assert log == ["event on main", "estimate on main", "side waits for the event of main", "enter side",
-                   "budget on side scores=False", "leave side", "main waits for side"]
+    assert log == ["event on main", "fast waits for the event of main", "enter fast", "estimate on fast",
+                   "leave fast", "budget on main scores=False", "main waits for fast"]
     assert torch.equal(got.layout.kv_counts, want.layout.kv_counts)
     assert torch.equal(got.layout.kv_indices, want.layout.kv_indices)
     assert torch.equal(got.budget.value, want.budget.value)
