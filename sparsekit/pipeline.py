@@ -107,15 +107,16 @@ class SparseAttention:
     dense attention with a kernel declaring ``dense = True`` (``sdpa``) instead of the layout; ``None`` (default):
     always the layout.
 
-    ``overlap_budget`` (default ``True``): on CUDA, an untimed plan runs the estimator on a high-priority stream
-    while a budgeter declaring ``reads_scores = False`` (``dynamic``, ``fixed``) runs on the current one, and the
-    mask waits for both (``_overlap_ok`` lists the conditions). ``False``: estimate, then budget, on one stream.
+    ``overlap_budget`` (default ``False``: estimate, then budget, on one stream): on CUDA, an untimed plan runs the
+    estimator on a high-priority stream while a budgeter declaring ``reads_scores = False`` (``dynamic``,
+    ``fixed``) runs on the current one, and the mask waits for both (``_overlap_ok`` lists the conditions). Off by
+    default: on an H200 it gave no reliable gain (docs/architecture.md).
     """
 
     def __init__(self, estimator: Estimator | None, budgeter: Budgeter | None, mask: MaskBuilder,
                  kernel: Kernel | None, *, kernels: list[Kernel] | None = None, block_q: int = 128,
                  block_k: int = 128, check_finite: bool = False, validate: bool = False,
-                 dense_above: float | None = None, overlap_budget: bool = True) -> None:
+                 dense_above: float | None = None, overlap_budget: bool = False) -> None:
         self.estimator, self.budgeter, self.mask, self.kernel = estimator, budgeter, mask, kernel
         self.overlap_budget = bool(overlap_budget)
         self.kernels = kernels or []  # candidates for kernel="auto", highest priority first
@@ -212,10 +213,12 @@ class SparseAttention:
 
         The estimate is the long pole, so it is issued first and on the stream of higher priority: the block
         scheduler starts its pending programs before the budget's, and the budget's programs fill the SMs the
-        estimate's last programs leave idle. Issued ahead of the estimate on an equal-priority stream, the
-        budget held SMs while the estimate's heaviest programs waited (Llama shape at 32K on an H200: plan
-        0.50 -> 0.59 ms); issued after it on an equal-priority stream, it still delayed the second and third
-        launches of the estimate's split-K path (0.71 -> 0.83 ms), see ``plan_overlap_h200_2026-12-03.json``."""
+        estimate's last programs leave idle. Measured on an H200 (medians of interleaved runs): Qwen shape (G=4,
+        one estimate launch) at 32K 0.74 -> 0.67 ms per plan; Llama shape (split-K estimate, three launches) at
+        32K 0.80 -> 0.89 ms, since budget programs already running delay the estimate's later launches; 128K
+        within noise (``plan_overlap_priority_32k_h200_2026-12-03.json``, ``plan_overlap_priority_h200_...``).
+        Issued ahead of the estimate, or on an equal-priority stream, it was worse (``plan_overlap_budget_first_``,
+        ``plan_overlap_equal_priority_h200_2026-12-03.json``). Hence ``overlap_budget`` is off by default."""
         main = torch.cuda.current_stream(problem.device)
         fast = _priority_stream(problem.device)
         problem.block_bounds()  # cached on the problem: neither branch builds them

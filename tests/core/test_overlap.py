@@ -33,7 +33,8 @@ def test_builtin_budgets_declare_whether_they_read_scores():
 def test_overlap_applies_only_on_cuda_without_capture_and_when_declared(monkeypatch):
     attn = sparsekit.build("proxyattn", block_q=64, block_k=64)
     q, k = qk()
-    assert attn.overlap_budget is True
+    assert attn.overlap_budget is False  # opt-in
+    attn.overlap_budget = True
     assert not attn._overlap_ok(attn.problem(q, k))  # CPU tensors
     capturing = [False]
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
@@ -54,9 +55,11 @@ def test_overlap_applies_only_on_cuda_without_capture_and_when_declared(monkeypa
     attn.budgeter = Reader()  # reads_scores defaults to True: estimate, then budget
     assert not attn._overlap_ok(on_cuda)
     fixed = sparsekit.build("proxyattn", budget="fixed(ratio=0.2)")
+    fixed.overlap_budget = True
     assert fixed._overlap_ok(on_cuda)
     assert not fixed._overlap_ok(varlen)  # fixed takes the whole batch, the proxy estimator one sequence at a time
     streaming = sparsekit.build("streaming")  # no estimator: nothing to overlap
+    streaming.overlap_budget = True
     assert streaming.estimator is None and not streaming._overlap_ok(on_cuda)
 
 
@@ -97,6 +100,7 @@ def test_overlapped_plan_orders_the_streams(monkeypatch):
     monkeypatch.setattr(torch.cuda, "stream", use)
     monkeypatch.setattr(pl, "_priority_stream", lambda device: fast)
     attn = sparsekit.build("proxyattn", budget={"gamma": 0.9, "min_budget": 0}, block_q=64, block_k=64)
+    attn.overlap_budget = True
     est, bud = attn.estimator, attn.budgeter
     orig_est, orig_bud = type(est).estimate, type(bud).allocate
 
@@ -132,6 +136,7 @@ def test_overlapped_plan_equals_sequential_on_gpu(budget):
     q, k = qk(B=2, Hq=8, Hkv=2, N=4096, D=128, device="cuda", seed=5)
     q, k = q.bfloat16(), k.bfloat16()
     attn = sparsekit.build("proxyattn", budget=budget, kernel="triton")
+    attn.overlap_budget = True
     assert attn._overlap_ok(attn.problem(q, k))
     got = [attn.plan(q, k, timed=False) for _ in range(3)]
     attn.overlap_budget = False
