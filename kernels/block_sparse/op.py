@@ -197,8 +197,27 @@ def not_supported_reasons(
 ) -> list[str]:
     """Every reason the Triton kernel cannot run these inputs (empty list: supported).
 
-    Each reason names the field, its value, the supported values and a fix.
+    Each reason names the field, its value, the supported values and a fix. The checks read only the tensors'
+    metadata (shape, strides, dtype, device), so the answer is kept per signature (bounded, like the prepared
+    calls; ``clear_call_cache`` forgets it): a pipeline asks before every call, and the full check costs ~16 us
+    of host time.
     """
+    try:
+        key = (_meta(q), _meta(k), _meta(v), _meta(kv_counts), _meta(kv_indices), _meta(q_lens), _meta(k_lens),
+               block_q, block_k)
+        hash(key)
+    except (AttributeError, TypeError, RuntimeError):
+        return _reasons(q, k, v, kv_counts, kv_indices, block_q, block_k, q_lens, k_lens)
+    cached = _REASONS.get(key)
+    if cached is None:
+        cached = tuple(_reasons(q, k, v, kv_counts, kv_indices, block_q, block_k, q_lens, k_lens))
+        if len(_REASONS) >= _PREPARED_MAX:
+            _REASONS.pop(next(iter(_REASONS), None), None)  # the oldest entry
+        _REASONS[key] = cached
+    return list(cached)  # callers may append to it
+
+
+def _reasons(q, k, v, kv_counts, kv_indices, block_q, block_k, q_lens, k_lens) -> list[str]:
     caps = CAPABILITIES
     reasons: list[str] = []
     named = {"q": q, "k": k, "v": v, "kv_counts": kv_counts, "kv_indices": kv_indices}
@@ -579,12 +598,15 @@ class _Prepared:
 
 #: prepared calls by ``_call_key`` (oldest dropped beyond ``_PREPARED_MAX``)
 _PREPARED: dict[tuple, _Prepared] = {}
+#: ``not_supported_reasons`` answers per signature (see there)
+_REASONS: dict[tuple, tuple[str, ...]] = {}
 _PREPARED_MAX = 512
 
 
 def clear_call_cache() -> None:
-    """Forget the prepared calls (tests that patch this module's checks call it)."""
+    """Forget the prepared calls and the kept check results (tests that patch this module's checks call it)."""
     _PREPARED.clear()
+    _REASONS.clear()
 
 
 def _meta(t: Tensor | None) -> tuple | None:

@@ -757,6 +757,32 @@ def test_prepared_calls_bounded_and_dict_configs_not_kept(monkeypatch):
     assert not bs_op._PREPARED  # a dict config or a tensor scale: validated every call, nothing kept
 
 
+def test_check_results_kept_per_signature(monkeypatch):
+    """``not_supported_reasons`` answers once per signature (it reads only metadata): the kept answer is a copy,
+    another signature gets its own, non-tensors are checked every call, and the cache is bounded."""
+    q, k, v, counts, idx = _good()
+    calls = []
+    real = bs_op._reasons
+    monkeypatch.setattr(bs_op, "_reasons", lambda *a: calls.append(1) or real(*a))
+    kw = dict(block_q=16, block_k=16)
+    assert bs_op.not_supported_reasons(q, k, v, counts, idx, **kw) == []
+    got = bs_op.not_supported_reasons(torch.randn_like(q), k, v, counts, idx, **kw)  # same signature
+    assert got == [] and len(calls) == 1
+    got.append("changed by the caller")
+    assert bs_op.not_supported_reasons(q, k, v, counts, idx, **kw) == []
+    bad = bs_op.not_supported_reasons(q, k, v, counts, idx.long(), **kw)  # another signature: checked
+    assert len(calls) == 2 and any("kv_indices.dtype=int64" in r for r in bad)
+    assert bs_op.not_supported_reasons(q, k, v, counts, idx, block_q=16, block_k=32) == [] and len(calls) == 3
+    assert bs_op.not_supported_reasons(q, k, v, counts, [0], **kw)[0].startswith("kv_indices is a list")
+    assert len(calls) == 4 and len(bs_op._REASONS) == 3  # a list: not hashable as metadata, checked, not kept
+    first = next(iter(bs_op._REASONS))
+    monkeypatch.setattr(bs_op, "_PREPARED_MAX", 2)
+    bs_op.not_supported_reasons(q.half(), k.half(), v.half(), counts, idx, **kw)
+    assert len(bs_op._REASONS) == 3 and first not in bs_op._REASONS  # past the bound: each new one drops the oldest
+    bs_op.clear_call_cache()
+    assert not bs_op._REASONS
+
+
 def test_prepared_empty_and_keyless_calls():
     q = torch.randn(1, 2, 20, 16, device=DEVICE)
     k = v = torch.randn(1, 1, 30, 16, device=DEVICE)
