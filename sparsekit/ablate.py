@@ -58,7 +58,7 @@ TOP_KEYS = {
     "workload": "[[workload]] tables",
 }
 STRATEGY_KEYS = ("name", "preset", "estimator", "budget", "mask", "kernel", "block_q", "block_k", "check_finite",
-                 "validate", "dense_above")
+                 "validate", "dense_above", "overlap_budget")
 SYNTHETIC_KEYS = tuple(f.name for f in attrs.fields(SyntheticWorkload) if f.name != "n")
 CAPTURED_KEYS = ("path", "layers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}

@@ -14,13 +14,13 @@ from .stages import Budgeter, Estimator, MaskBuilder, Stage
 _UNSET: Any = object()
 DEFAULTS: dict[str, Any] = {"estimator": None, "budget": None, "mask": {"name": "topk"}, "kernel": {"name": "auto"},
                             "block_q": 128, "block_k": 128, "check_finite": False, "validate": False,
-                            "dense_above": None}
+                            "dense_above": None, "overlap_budget": False}
 
 
 def build(preset: str | Path | dict[str, Any] | None = None, *, estimator: Any = _UNSET, budget: Any = _UNSET,
           mask: Any = _UNSET, kernel: Any = _UNSET, block_q: int | None = None, block_k: int | None = None,
           config: str | Path | dict[str, Any] | None = None, check_finite: bool | None = None,
-          validate: bool | None = None, dense_above: float | None = _UNSET,
+          validate: bool | None = None, dense_above: float | None = _UNSET, overlap_budget: bool | None = None,
           registry: Registry | None = None) -> SparseAttention:
     """Compose an attention callable.
 
@@ -30,7 +30,8 @@ def build(preset: str | Path | dict[str, Any] | None = None, *, estimator: Any =
     instance, or ``None`` (no such stage). The mask defaults to ``"topk"``; ``kernel="auto"`` (default)
     picks, per call, the highest-priority kernel that can run the inputs. ``dense_above`` (a fraction in (0, 1],
     default ``None``: off): when a plan's density reaches it, the call runs dense attention (a kernel declaring
-    ``dense = True``, e.g. ``sdpa``) instead of the layout.
+    ``dense = True``, e.g. ``sdpa``) instead of the layout. ``overlap_budget`` (default ``False``): run a budget
+    that reads no scores beside the estimate on CUDA (``SparseAttention``; it helps some shapes, not all).
     """
     reg = registry or get_registry()
     cfg: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
@@ -62,7 +63,8 @@ def build(preset: str | Path | dict[str, Any] | None = None, *, estimator: Any =
             base = cfg[key].spec() if isinstance(cfg[key], Stage) else dict(cfg[key])
             spec = {**base, **spec}
         cfg[key] = spec
-    for key, val in (("block_q", block_q), ("block_k", block_k), ("check_finite", check_finite), ("validate", validate)):
+    for key, val in (("block_q", block_q), ("block_k", block_k), ("check_finite", check_finite), ("validate", validate),
+                     ("overlap_budget", overlap_budget)):
         if val is not None:
             cfg[key] = val
     if dense_above is not _UNSET:  # None is a value here (off), overriding a preset's or config's threshold
@@ -97,6 +99,9 @@ def from_config(cfg: dict[str, Any], registry: Registry | None = None) -> Sparse
         if full[key] not in (16, 32, 64, 128, 256, 512):
             raise invalid(key, full[key], "a power of two in 16..512", f"pass {key}=128", ConfigError)
     dense_above = check_dense_above(full["dense_above"])  # before any stage is built
+    if not isinstance(full["overlap_budget"], bool):
+        raise invalid("overlap_budget", full["overlap_budget"], "True or False", "pass overlap_budget=True",
+                      ConfigError)
     est = _instantiate(reg, "estimator", parse_spec(full["estimator"], "estimator") if not isinstance(full["estimator"], Stage) else full["estimator"])
     bud = _instantiate(reg, "budget", parse_spec(full["budget"], "budget") if not isinstance(full["budget"], Stage) else full["budget"])
     if full["mask"] is None:
@@ -116,7 +121,7 @@ def from_config(cfg: dict[str, Any], registry: Registry | None = None) -> Sparse
         kernels = [ker] + [k for k in kernels if k.name != ker.name]
     return SparseAttention(est, bud, msk, ker, kernels=kernels, block_q=full["block_q"], block_k=full["block_k"],
                            check_finite=bool(full["check_finite"]), validate=bool(full["validate"]),
-                           dense_above=dense_above)
+                           dense_above=dense_above, overlap_budget=full["overlap_budget"])
 
 
 def check_composition(est: Estimator | None, bud: Budgeter | None, msk: MaskBuilder, reg: Registry) -> None:

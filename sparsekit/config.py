@@ -12,7 +12,7 @@ from .errors import ConfigError
 
 _SPEC = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
 PIPELINE_KEYS = ("estimator", "budget", "mask", "kernel")
-SCALAR_KEYS = ("block_q", "block_k", "check_finite", "validate", "dense_above")
+SCALAR_KEYS = ("block_q", "block_k", "check_finite", "validate", "dense_above", "overlap_budget")
 
 
 def parse_spec(spec: Any, what: str) -> dict[str, Any] | None:

@@ -140,7 +140,8 @@ class SparseAttention:
 
     def __repr__(self) -> str:
         dense = f" dense_above={self.dense_above}" if self.dense_above is not None else ""
-        return f"<SparseAttention {self.name} blocks={self.block_q}x{self.block_k}{dense}>"
+        overlap = " overlap_budget" if self.overlap_budget else ""
+        return f"<SparseAttention {self.name} blocks={self.block_q}x{self.block_k}{dense}{overlap}>"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -149,7 +150,7 @@ class SparseAttention:
         return {"estimator": spec(self.estimator), "budget": spec(self.budgeter), "mask": spec(self.mask),
                 "kernel": spec(self.kernel) if self.kernel is not None else {"name": "auto"},
                 "block_q": self.block_q, "block_k": self.block_k, "check_finite": self.check_finite,
-                "validate": self.validate, "dense_above": self.dense_above}
+                "validate": self.validate, "dense_above": self.dense_above, "overlap_budget": self.overlap_budget}
 
     def save(self, path: str | Path) -> Path:
         """Write the configuration as TOML (an ablation is a file)."""

@@ -146,3 +146,21 @@ def test_overlapped_plan_equals_sequential_on_gpu(budget):
         assert torch.equal(plan.layout.kv_counts, want.layout.kv_counts)
         assert torch.equal(plan.layout.kv_indices, want.layout.kv_indices)
         assert torch.equal(plan.budget.value, want.budget.value)
+
+
+def test_overlap_budget_is_a_build_option_kept_in_configs(tmp_path):
+    from sparsekit import ConfigError
+    from sparsekit.hf import _build
+
+    on = sparsekit.build("proxyattn", overlap_budget=True)
+    assert on.overlap_budget is True and on.config["overlap_budget"] is True and "overlap_budget" in repr(on)
+    assert sparsekit.build(config=on.config).overlap_budget is True
+    path = on.save(tmp_path / "on.toml")
+    assert "overlap_budget = true" in path.read_text()
+    assert sparsekit.build(config=path).overlap_budget is True
+    assert sparsekit.build(config=path, overlap_budget=False).overlap_budget is False
+    off = sparsekit.build("proxyattn")
+    assert off.overlap_budget is False and "overlap_budget" not in repr(off)
+    assert _build("proxyattn", {"overlap_budget": True}).overlap_budget is True  # sparsekit.hf.enable's options
+    with pytest.raises(ConfigError, match=r"overlap_budget='yes' is not allowed \(allowed: True or False\)"):
+        sparsekit.build("proxyattn", overlap_budget="yes")
