@@ -1,7 +1,8 @@
 """Probe: the whole ProxyAttn plan with and without the budget beside the estimate (``overlap_budget``) and with
 and without the narrow rank sorts (``topk_rank``'s ``narrow``), all four combinations in one run, against dense
-cuDNN SDPA timed in the same run; plus the mask stage alone both ways and its launch A alone at each sort width. Shapes and inputs of
-``bench_planning.py`` (Llama-3.1-8B: 32/8 heads, G=1; Qwen2.5-7B: 28/4 heads, G=4; stride 4, blocks 128).
+cuDNN SDPA timed in the same run; plus the mask stage alone both ways and its launch A alone at each sort width.
+Shapes and inputs of ``bench_planning.py`` (Llama-3.1-8B: 32/8 heads, G=1; Qwen2.5-7B: 28/4 heads, G=4; stride 4,
+blocks 128).
 
 The variants run interleaved, ``--rounds`` times each (medians). Each variant's layout is checked equal to the
 default plan's (bit for bit).
@@ -80,7 +81,8 @@ def main() -> None:
             out["estimate_ms"] = bp.bench_ms(lambda: est.estimate(problem), n)
             out["budget_ms"] = bp.bench_ms(lambda: bud.allocate(problem, scores), n)
             rows.append(out)
-            print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in out.items() if not k.endswith('_all')}, flush=True)
+            shown = {k: (round(x, 4) if isinstance(x, float) else x) for k, x in out.items() if not k.endswith("_all")}
+            print(shown, flush=True)
             del q, k, v, attn, problem, scores, budget, ref
             torch.cuda.empty_cache()
     print(f"\n{'shape':14s} {'N':>5s} {'cudnn':>8s} {'seq/full':>9s} {'seq/narrow':>10s} {'ovl/full':>9s} "
