@@ -2,11 +2,12 @@
 
 Times ``sparsekit.kernels.proxy_scores.proxy_scores`` (bf16, D=128, blocks 128, stride 4, causal) for the
 Llama-3.1-8B shape (32/8 heads, G=1) and the Qwen2.5-7B shape (28/4 heads, G=4) at each N, for each
-``--splits`` configuration ``SPLIT[:Q_BLOCKS[:NUM_WARPS[:PASSES[:BLOCK_N[:STAGES]]]]]``: no split (one program walks all kv-blocks of its
-q-blocks), split-K sizes (the kv-blocks of a q-block cut into splits; per-split row statistics combined, then
+``--splits`` configuration ``SPLIT[:Q_BLOCKS[:NUM_WARPS[:PASSES[:BLOCK_N[:STAGES]]]]]``: no split (one program
+walks all kv-blocks of its q-blocks), split-K sizes (the kv-blocks of a q-block cut into splits; per-split row statistics combined, then
 pooled), q-blocks per program, one or two walks over the keys (``PASSES``: 1 keeps the tile row maxima in a
 scratch, 2 recomputes the scores for the pooling; default: ``one_pass_for``), and ``auto`` (``split_blocks_for`` /
-``q_blocks_for`` / ``one_pass_for``; ``auto2``: the same with two passes). Every output is checked against the
+``q_blocks_for`` / ``one_pass_for``; ``auto2``: the same with two passes; ``auto+across``: the same with the
+heaviest programs of every group started first, ``KernelConfig.across_groups``). Every output is checked against the
 one-q-block, no-split, two-pass output (max abs difference, recorded as ``max_abs_diff_vs_split0``; -inf pattern
 identical); the first configuration is the timing baseline. Prints a table, writes JSON.
 
@@ -55,8 +56,8 @@ def main() -> None:
             ref = op.proxy_scores(q, k, **kw, config={"split_blocks": 0, "q_blocks": 1, "one_pass": False})
             n_kb = ref.shape[-1]
             for sp in args.splits:
-                if sp in ("auto", "auto2"):
-                    cfg = None if sp == "auto" else {"one_pass": False}
+                if sp in ("auto", "auto2", "auto+across"):
+                    cfg = {"auto": None, "auto2": {"one_pass": False}, "auto+across": {"across_groups": True}}[sp]
                     split = op.split_blocks_for(n_kb, G * ref.shape[2])
                 else:
                     parts = [int(x) for x in sp.split(":")]

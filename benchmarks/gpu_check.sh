@@ -27,7 +27,7 @@ timeout 120 python -m pytest -q -x -p no:cacheprovider tests/hf/test_hf_gpu.py 2
 
 timeout 200 python benchmarks/probes/kernel_grid_order.py --n 128k --chunks 0 8 16 32 64 --out "$out/grid_order.json" \
   > "$out/grid_order.log" 2>&1
-python benchmarks/bench_proxy_split.py --n 128k 256k --splits auto2 auto --out "$out/proxy_split.json" \
+python benchmarks/bench_proxy_split.py --n 32k 128k 256k --splits auto auto+across auto2 --out "$out/proxy_split.json" \
   > "$out/proxy_split.log" 2>&1
 if [ -z "${QUICK:-}" ]; then
   python benchmarks/bench_planning.py --n 32k 128k 256k --e2e-n 128k --e2e-gamma 0.95 0.92 0.9 --torch-max-n 0 \
@@ -35,5 +35,5 @@ if [ -z "${QUICK:-}" ]; then
 fi
 
 echo; echo "== kernel program order (probes/kernel_grid_order)"; tail -12 "$out/grid_order.log"
-echo; echo "== estimator (bench_proxy_split)"; tail -6 "$out/proxy_split.log"
+echo; echo "== estimator (bench_proxy_split)"; tail -20 "$out/proxy_split.log"
 if [ -z "${QUICK:-}" ]; then echo; echo "== planning (bench_planning)"; tail -14 "$out/planning.log"; fi

@@ -221,14 +221,21 @@ def _proxy_scores_fwd(
     STRIDE: tl.constexpr, N_SAMPLED: tl.constexpr, BLOCK_S: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     R: tl.constexpr, CAUSAL: tl.constexpr, IEEE_DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
-    FILL_CHUNK: tl.constexpr, ONE_PASS: tl.constexpr, POOL_CHUNK: tl.constexpr,
+    FILL_CHUNK: tl.constexpr, ONE_PASS: tl.constexpr, POOL_CHUNK: tl.constexpr, ACROSS_GROUPS: tl.constexpr,
 ):
     # one program scores R consecutive q-blocks: their sampled rows form one [R * BLOCK_S, D] tile, so each kv-tile
     # is loaded once for R q-blocks (R = 1: one q-block per program)
-    # heavy q-blocks first: under causal the last q-blocks see the most keys
-    p = tl.num_programs(0) - 1 - tl.program_id(0)
+    # heavy q-blocks first: under causal the last q-blocks see the most keys. Programs start in grid order (axis 0
+    # fastest): by default all programs of one (batch, group), heaviest first, then the next (its keys stay in L2);
+    # ACROSS_GROUPS: the heaviest programs of every (batch, group) first (axis 0 = batch * group), so the last
+    # group's long programs do not start last
+    if ACROSS_GROUPS:
+        p = tl.num_programs(1) - 1 - tl.program_id(1)
+        pid_bg = tl.program_id(0)
+    else:
+        p = tl.num_programs(0) - 1 - tl.program_id(0)
+        pid_bg = tl.program_id(1)
     i0 = p * R
-    pid_bg = tl.program_id(1)
     b = pid_bg // G
     g = pid_bg % G
     b64 = b.to(tl.int64)

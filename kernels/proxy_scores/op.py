@@ -65,7 +65,10 @@ class KernelConfig:
     (``None``: ``q_blocks_for``); ``one_pass``: score each tile once and keep its row maxima in a float32 scratch
     for the pooling, instead of a second walk over the keys (``None``: ``one_pass_for``, i.e. when the scratch
     fits in ``ONE_PASS_MAX_SCRATCH_MB``); ``pool_chunk``: kv-blocks that pooling handles per step (``None``:
-    ``pool_chunk_for``)."""
+    ``pool_chunk_for``); ``across_groups``: on the unsplit path, start the heaviest programs of every (batch, group)
+    first instead of all programs of one (batch, group) after another (with G > 1 or B > 1 the last group's long
+    programs then no longer start last; the default keeps one group's keys hot in L2. Not yet timed: see
+    ``benchmarks/bench_proxy_split.py --splits auto auto+across``)."""
 
     block_n: int
     num_warps: int
@@ -74,6 +77,7 @@ class KernelConfig:
     q_blocks: int | None = None  # q-blocks per program without a split (None: q_blocks_for; 1, 2 or 4)
     one_pass: bool | None = None  # walk the keys once, tile row maxima in a scratch (None: one_pass_for)
     pool_chunk: int | None = None  # one-pass pooling: kv-blocks per step, a power of two (None: pool_chunk_for)
+    across_groups: bool = False  # unsplit path: start the heaviest programs of every (batch, group) first
 
 
 def split_blocks_for(n_kb: int, programs: int) -> int:
@@ -233,6 +237,8 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
     if cfg.one_pass is not None and not isinstance(cfg.one_pass, bool):
         bad.append(f"config.one_pass={cfg.one_pass!r} (supported: None for automatic, True, False): pick one of "
                    "those")
+    if not isinstance(cfg.across_groups, bool):
+        bad.append(f"config.across_groups={cfg.across_groups!r} (supported: True, False): pick one of those")
     if cfg.pool_chunk is not None and (isinstance(cfg.pool_chunk, bool) or not isinstance(cfg.pool_chunk, int)
                                        or not 1 <= cfg.pool_chunk <= 256 or cfg.pool_chunk & (cfg.pool_chunk - 1)):
         bad.append(f"config.pool_chunk={cfg.pool_chunk!r} (supported: None for automatic, or a power of two in "
@@ -267,8 +273,8 @@ def proxy_scores(
     """Proxy block scores with the Triton kernel (same contract as ``proxy_scores_naive``).
 
     ``config``: optional tiling override (``KernelConfig`` or a dict of ``block_n``, ``num_warps``,
-    ``num_stages``, ``split_blocks``, ``q_blocks``, ``one_pass``, ``pool_chunk``) for tuning; default from
-    ``default_config``.
+    ``num_stages``, ``split_blocks``, ``q_blocks``, ``one_pass``, ``pool_chunk``, ``across_groups``) for tuning;
+    default from ``default_config``.
     ``checked=True``: the caller already ran ``not_supported_reasons`` on these inputs and got no reason, so
     they are not checked twice (saves host time per call); ``scale`` is still checked.
     Returns float32 ``[B, groups, nQb, nKb]``.
@@ -297,7 +303,7 @@ def proxy_scores(
         _launch_split(q, kp, out, scale, groups, stride, block_q, block_k, causal, cfg, split, n_sampled, block_s)
         return out
     R = q_blocks_for(B * groups * n_qb, block_s) if cfg.q_blocks is None else cfg.q_blocks
-    grid = (-(-n_qb // R), B * groups)
+    grid = (B * groups, -(-n_qb // R)) if cfg.across_groups else (-(-n_qb // R), B * groups)
     tiles = tmax_tiles(Nq, Nk, block_q, cfg.block_n, R, causal)
     tmax = _tmax_scratch(cfg, _packed_bytes(B * groups, tiles, R * block_s), q.device)
     with on_device(q.device):
@@ -314,6 +320,7 @@ def proxy_scores(
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
             ONE_PASS=tmax is not None, POOL_CHUNK=cfg.pool_chunk or pool_chunk_for(R * block_s),
+            ACROSS_GROUPS=bool(cfg.across_groups),
         ), num_warps=cfg.num_warps, num_stages=cfg.num_stages, device=q.device)
     return out
 

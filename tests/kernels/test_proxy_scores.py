@@ -145,6 +145,22 @@ def test_one_pass_equals_two_passes_bitwise(block_n):
                 assert torch.equal(one, two), (causal, split, R, chunk)
 
 
+def test_program_order_across_groups_is_bitwise_equal():
+    """``across_groups`` only changes which program starts when (each computes the same q-blocks of the same
+    (batch, group)): bitwise the default order's output, for B > 1 and G > 1, one and two q-blocks per program,
+    one and two passes, causal and not, ragged sizes."""
+    q, k = make_qk(23, 2, 8, 4, 200, 230, 32, torch.float32)
+    for causal in (True, False):
+        kw = dict(groups=4, stride=4, block_q=32, block_k=32, causal=causal)
+        for R, one_pass in ((1, True), (2, True), (2, False)):
+            cfg = {"split_blocks": 0, "q_blocks": R, "one_pass": one_pass}
+            want = proxy_scores(q, k, **kw, config=cfg)
+            got = proxy_scores(q, k, **kw, config={**cfg, "across_groups": True})
+            assert torch.equal(got, want), (causal, R, one_pass)
+    with pytest.raises(ValueError, match=r"config.across_groups=1 \(supported: True, False\)"):
+        proxy_scores(q, k, groups=4, config={"across_groups": 1})
+
+
 def test_one_pass_rule_and_scratch_size():
     # stride 4, 128-token blocks and tiles, two q-blocks per program (64 rows): the packed scratch holds the
     # P (P + 1) tiles the P programs walk per (batch, group) (program p: 2 (p + 1) tiles), 256 bytes each
