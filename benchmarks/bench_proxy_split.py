@@ -6,8 +6,9 @@ Llama-3.1-8B shape (32/8 heads, G=1) and the Qwen2.5-7B shape (28/4 heads, G=4) 
 walks all kv-blocks of its q-blocks), split-K sizes (the kv-blocks of a q-block cut into splits; per-split row statistics combined, then
 pooled), q-blocks per program, one or two walks over the keys (``PASSES``: 1 keeps the tile row maxima in a
 scratch, 2 recomputes the scores for the pooling; default: ``one_pass_for``), and ``auto`` (``split_blocks_for`` /
-``q_blocks_for`` / ``one_pass_for``; ``auto2``: the same with two passes; ``auto+across``: the same with the
-heaviest programs of every group started first, ``KernelConfig.across_groups``). Every output is checked against the
+``q_blocks_for`` / ``one_pass_for`` / ``across_groups_for``; ``auto2``: the same with two passes; ``auto+across``
+/ ``auto+grouped``: the same with the heaviest programs of every group started first / one group after another,
+``KernelConfig.across_groups``). Every output is checked against the
 one-q-block, no-split, two-pass output (max abs difference, recorded as ``max_abs_diff_vs_split0``; -inf pattern
 identical); the first configuration is the timing baseline. Prints a table, writes JSON.
 
@@ -56,8 +57,9 @@ def main() -> None:
             ref = op.proxy_scores(q, k, **kw, config={"split_blocks": 0, "q_blocks": 1, "one_pass": False})
             n_kb = ref.shape[-1]
             for sp in args.splits:
-                if sp in ("auto", "auto2", "auto+across"):
-                    cfg = {"auto": None, "auto2": {"one_pass": False}, "auto+across": {"across_groups": True}}[sp]
+                if sp in ("auto", "auto2", "auto+across", "auto+grouped"):
+                    cfg = {"auto": None, "auto2": {"one_pass": False}, "auto+across": {"across_groups": True},
+                           "auto+grouped": {"across_groups": False}}[sp]
                     split = op.split_blocks_for(n_kb, G * ref.shape[2])
                 else:
                     parts = [int(x) for x in sp.split(":")]

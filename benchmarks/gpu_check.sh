@@ -27,8 +27,8 @@ timeout 120 python -m pytest -q -x -p no:cacheprovider tests/hf/test_hf_gpu.py 2
 
 timeout 200 python benchmarks/probes/kernel_grid_order.py --n 128k --chunks 0 8 16 32 64 --out "$out/grid_order.json" \
   > "$out/grid_order.log" 2>&1
-python benchmarks/bench_proxy_split.py --n 32k 128k 256k --splits auto auto+across auto2 --out "$out/proxy_split.json" \
-  > "$out/proxy_split.log" 2>&1
+python benchmarks/bench_proxy_split.py --n 32k 128k 256k --splits auto auto+across auto+grouped auto2 \
+  --out "$out/proxy_split.json" > "$out/proxy_split.log" 2>&1
 if [ -z "${QUICK:-}" ]; then
   python benchmarks/bench_planning.py --n 32k 128k 256k --e2e-n 128k --e2e-gamma 0.95 0.92 0.9 --torch-max-n 0 \
     --mem-n '' --out "$out/planning.json" > "$out/planning.log" 2>&1

@@ -12,6 +12,7 @@ kernels instead (``_launch_split``).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
@@ -66,9 +67,7 @@ class KernelConfig:
     for the pooling, instead of a second walk over the keys (``None``: ``one_pass_for``, i.e. when the scratch
     fits in ``ONE_PASS_MAX_SCRATCH_MB``); ``pool_chunk``: kv-blocks that pooling handles per step (``None``:
     ``pool_chunk_for``); ``across_groups``: on the unsplit path, start the heaviest programs of every (batch, group)
-    first instead of all programs of one (batch, group) after another (with G > 1 or B > 1 the last group's long
-    programs then no longer start last; the default keeps one group's keys hot in L2. Not yet timed: see
-    ``benchmarks/bench_proxy_split.py --splits auto auto+across``)."""
+    first instead of all programs of one (batch, group) after another (``None``: ``across_groups_for``)."""
 
     block_n: int
     num_warps: int
@@ -77,7 +76,7 @@ class KernelConfig:
     q_blocks: int | None = None  # q-blocks per program without a split (None: q_blocks_for; 1, 2 or 4)
     one_pass: bool | None = None  # walk the keys once, tile row maxima in a scratch (None: one_pass_for)
     pool_chunk: int | None = None  # one-pass pooling: kv-blocks per step, a power of two (None: pool_chunk_for)
-    across_groups: bool = False  # unsplit path: start the heaviest programs of every (batch, group) first
+    across_groups: bool | None = None  # unsplit path: heaviest programs of every (batch, group) first (None: rule)
 
 
 def split_blocks_for(n_kb: int, programs: int) -> int:
@@ -104,6 +103,35 @@ def q_blocks_for(programs: int, block_s: int) -> int:
     everywhere (3.61, 13.9, 1.35 ms), and with 64 programs (Llama 8K) 2 were slower than 1 (0.168 vs 0.151 ms).
     """
     return 2 if programs >= 256 and 2 * block_s <= 128 else 1
+
+
+#: L2 size assumed off CUDA (the interpreter), so that ``across_groups_for`` answers there as on an H100 / H200
+CPU_L2_BYTES = 50 << 20
+
+
+def across_groups_for(batch_groups: int, n_k: int, head_dim: int, itemsize: int, device: torch.device) -> bool:
+    """Program order of the unsplit path: the heaviest programs of every (batch, group) first when there are
+    several and all their proxy keys fit in the device's L2 cache together; else all programs of one (batch, group),
+    heaviest first, then the next (which keeps one group's keys hot in L2).
+
+    Why: programs start in grid order and each needs about ``its q-blocks' horizon / BLOCK_N`` kv-tiles. One
+    group after another, the last group's longest programs (as long as a program slot's average load when the
+    grid spans about two waves) start only once the first groups are done. A list-scheduling simulation of the
+    Qwen2.5-7B shape (G=4, 512 programs of 2 .. 256 tiles, 264 slots: 132 SMs, two programs each) gives a
+    makespan of 1.48x the ideal one group after another and 1.00x across groups; at 128K both are 1.01x. The
+    measured Qwen estimate at 32K costs 1.5x as much per tile as at 128K (H200, ``proxy_kernel_time_h200_
+    2026-12-03.json``), which this explains. The order itself is not timed yet: ``bench_proxy_split.py --splits
+    auto auto+across auto+grouped``. The L2 condition keeps the order of long sequences, whose keys do not fit."""
+    if batch_groups <= 1:
+        return False
+    l2 = _l2_bytes(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else CPU_L2_BYTES
+    return batch_groups * n_k * head_dim * itemsize <= l2
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_bytes(index: int) -> int:
+    return int(getattr(torch.cuda.get_device_properties(index), "L2_cache_size", CPU_L2_BYTES))
 
 
 def _floor_sum(n: int, m: int, a: int, b: int) -> int:
@@ -237,8 +265,9 @@ def _resolve_config(config, head_dim, dtype, block_k, n_sampled) -> KernelConfig
     if cfg.one_pass is not None and not isinstance(cfg.one_pass, bool):
         bad.append(f"config.one_pass={cfg.one_pass!r} (supported: None for automatic, True, False): pick one of "
                    "those")
-    if not isinstance(cfg.across_groups, bool):
-        bad.append(f"config.across_groups={cfg.across_groups!r} (supported: True, False): pick one of those")
+    if cfg.across_groups is not None and not isinstance(cfg.across_groups, bool):
+        bad.append(f"config.across_groups={cfg.across_groups!r} (supported: None for automatic, True, False): pick "
+                   "one of those")
     if cfg.pool_chunk is not None and (isinstance(cfg.pool_chunk, bool) or not isinstance(cfg.pool_chunk, int)
                                        or not 1 <= cfg.pool_chunk <= 256 or cfg.pool_chunk & (cfg.pool_chunk - 1)):
         bad.append(f"config.pool_chunk={cfg.pool_chunk!r} (supported: None for automatic, or a power of two in "
@@ -303,7 +332,9 @@ def proxy_scores(
         _launch_split(q, kp, out, scale, groups, stride, block_q, block_k, causal, cfg, split, n_sampled, block_s)
         return out
     R = q_blocks_for(B * groups * n_qb, block_s) if cfg.q_blocks is None else cfg.q_blocks
-    grid = (B * groups, -(-n_qb // R)) if cfg.across_groups else (-(-n_qb // R), B * groups)
+    across = (across_groups_for(B * groups, Nk, D, kp.element_size(), q.device) if cfg.across_groups is None
+              else cfg.across_groups)
+    grid = (B * groups, -(-n_qb // R)) if across else (-(-n_qb // R), B * groups)
     tiles = tmax_tiles(Nq, Nk, block_q, cfg.block_n, R, causal)
     tmax = _tmax_scratch(cfg, _packed_bytes(B * groups, tiles, R * block_s), q.device)
     with on_device(q.device):
@@ -320,7 +351,7 @@ def proxy_scores(
             CAUSAL=bool(causal), IEEE_DOT=q.dtype == torch.float32,
             UPCAST_DOT=_INTERPRET and q.dtype == torch.bfloat16, FILL_CHUNK=64,  # also rounds like the GPU
             ONE_PASS=tmax is not None, POOL_CHUNK=cfg.pool_chunk or pool_chunk_for(R * block_s),
-            ACROSS_GROUPS=bool(cfg.across_groups),
+            ACROSS_GROUPS=bool(across),
         ), num_warps=cfg.num_warps, num_stages=cfg.num_stages, device=q.device)
     return out
 

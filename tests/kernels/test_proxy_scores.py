@@ -154,11 +154,24 @@ def test_program_order_across_groups_is_bitwise_equal():
         kw = dict(groups=4, stride=4, block_q=32, block_k=32, causal=causal)
         for R, one_pass in ((1, True), (2, True), (2, False)):
             cfg = {"split_blocks": 0, "q_blocks": R, "one_pass": one_pass}
-            want = proxy_scores(q, k, **kw, config=cfg)
+            want = proxy_scores(q, k, **kw, config={**cfg, "across_groups": False})
             got = proxy_scores(q, k, **kw, config={**cfg, "across_groups": True})
             assert torch.equal(got, want), (causal, R, one_pass)
-    with pytest.raises(ValueError, match=r"config.across_groups=1 \(supported: True, False\)"):
+            assert torch.equal(proxy_scores(q, k, **kw, config=cfg), want)  # the rule's choice (across here)
+    with pytest.raises(ValueError, match=r"config.across_groups=1 \(supported: None for automatic, True, False\)"):
         proxy_scores(q, k, groups=4, config={"across_groups": 1})
+
+
+def test_across_groups_rule():
+    """Across groups when there are several (batch, group) rows and all their proxy keys fit in L2 together."""
+    from sparsekit.kernels.proxy_scores.op import CPU_L2_BYTES, across_groups_for
+
+    cpu = torch.device("cpu")
+    assert CPU_L2_BYTES == 50 << 20
+    assert not across_groups_for(1, 1 << 20, 128, 2, cpu)  # one group: nothing to interleave
+    assert across_groups_for(4, 32768, 128, 2, cpu)  # Qwen2.5-7B shape at 32K: 32 MiB of bf16 keys
+    assert not across_groups_for(4, 131072, 128, 2, cpu)  # at 128K: 128 MiB, one group after another
+    assert across_groups_for(2, 16384, 128, 4, cpu) and not across_groups_for(2, 65536, 128, 4, cpu)
 
 
 def test_one_pass_rule_and_scratch_size():
