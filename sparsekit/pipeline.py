@@ -218,8 +218,8 @@ class SparseAttention:
         one estimate launch) at 32K 0.74 -> 0.67 ms per plan; Llama shape (split-K estimate, three launches) at
         32K 0.80 -> 0.89 ms, since budget programs already running delay the estimate's later launches; 128K
         within noise (``plan_overlap_priority_32k_h200_2026-12-03.json``,
-        ``plan_overlap_priority_h200_2026-12-03.json``). Issued ahead of the estimate, or on an equal-priority stream, it was worse
-        (``plan_overlap_budget_first_h200_2026-12-03.json``, ``plan_overlap_equal_priority_h200_2026-12-03.json``).
+        ``plan_overlap_priority_h200_2026-12-03.json``). Issued ahead of the estimate, or on an equal-priority
+        stream, it was worse (``plan_overlap_budget_first_h200_2026-12-03.json``, ``plan_overlap_equal_priority_h200_2026-12-03.json``).
         Hence ``overlap_budget`` is off by default."""
         main = torch.cuda.current_stream(problem.device)
         fast = _priority_stream(problem.device)
