@@ -219,8 +219,8 @@ class SparseAttention:
         32K 0.80 -> 0.89 ms, since budget programs already running delay the estimate's later launches; 128K
         within noise (``plan_overlap_priority_32k_h200_2026-12-03.json``,
         ``plan_overlap_priority_h200_2026-12-03.json``). Issued ahead of the estimate, or on an equal-priority
-        stream, it was worse (``plan_overlap_budget_first_h200_2026-12-03.json``, ``plan_overlap_equal_priority_h200_2026-12-03.json``).
-        Hence ``overlap_budget`` is off by default."""
+        stream, it was worse (``plan_overlap_budget_first_h200_2026-12-03.json``,
+        ``plan_overlap_equal_priority_h200_2026-12-03.json``). Hence ``overlap_budget`` is off by default."""
         main = torch.cuda.current_stream(problem.device)
         fast = _priority_stream(problem.device)
         problem.block_bounds()  # cached on the problem: neither branch builds them
