@@ -93,8 +93,8 @@ class Budgeter(Stage):
     """Decides how much each (batch, head, q-block) keeps: ``allocate(problem, scores) -> Budget``.
 
     ``reads_scores = False`` declares that ``allocate`` never looks at ``scores`` (it may get ``None``): the pipeline
-    may then run it beside the estimator, on a second CUDA stream (see ``SparseAttention.overlap_budget``). The
-    default, ``True``, keeps the order estimate -> budget."""
+    may then run it beside the estimator, the two on different CUDA streams (see ``SparseAttention.overlap_budget``).
+    The default, ``True``, keeps the order estimate -> budget."""
 
     kind: ClassVar[StageKind] = "budget"
     produces: ClassVar[BudgetKind] = "count"

@@ -210,10 +210,8 @@ def not_supported_reasons(
         return _reasons(q, k, v, kv_counts, kv_indices, block_q, block_k, q_lens, k_lens)
     cached = _REASONS.get(key)
     if cached is None:
-        cached = tuple(_reasons(q, k, v, kv_counts, kv_indices, block_q, block_k, q_lens, k_lens))
-        if len(_REASONS) >= _PREPARED_MAX:
-            _REASONS.pop(next(iter(_REASONS), None), None)  # the oldest entry
-        _REASONS[key] = cached
+        cached = _remember(_REASONS, key, tuple(_reasons(q, k, v, kv_counts, kv_indices, block_q, block_k, q_lens,
+                                                         k_lens)))
     return list(cached)  # callers may append to it
 
 
@@ -537,9 +535,7 @@ def block_sparse_attention(
         prep = _prepare(q, k, v, kv_counts, kv_indices, block_q=block_q, block_k=block_k, causal=causal,
                         q_lens=q_lens, k_lens=k_lens, scale=scale, return_lse=return_lse, out=out, config=config)
         if key is not None:
-            if len(_PREPARED) >= _PREPARED_MAX:
-                _PREPARED.pop(next(iter(_PREPARED), None), None)  # the oldest entry
-            _PREPARED[key] = prep
+            _remember(_PREPARED, key, prep)
 
     if out is None:
         # in q's memory layout (as SDPA's flash backend does): for q a [B, Hq, Nq, D] view of [B, Nq, Hq, D] memory
@@ -601,6 +597,15 @@ _PREPARED: dict[tuple, _Prepared] = {}
 #: ``not_supported_reasons`` answers per signature (see there)
 _REASONS: dict[tuple, tuple[str, ...]] = {}
 _PREPARED_MAX = 512
+
+
+def _remember(cache: dict, key: tuple, value: Any) -> Any:
+    """``cache[key] = value``, dropping the oldest entry first when the cache holds ``_PREPARED_MAX``; returns
+    ``value``."""
+    if len(cache) >= _PREPARED_MAX:
+        cache.pop(next(iter(cache), None), None)  # the oldest entry
+    cache[key] = value
+    return value
 
 
 def clear_call_cache() -> None:

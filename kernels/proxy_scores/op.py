@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._checks import fmt_ints, interpreted, qk_reasons
-from .._launch import launch, on_device
+from .._launch import device_index, launch, on_device
 from .._triton_common import one_pass_for, pool_chunk_for, pow2_at_least
 from . import kernel as _kernel
 
@@ -124,8 +124,7 @@ def across_groups_for(batch_groups: int, n_k: int, head_dim: int, itemsize: int,
     auto auto+across auto+grouped``. The L2 condition keeps the order of long sequences, whose keys do not fit."""
     if batch_groups <= 1:
         return False
-    l2 = _l2_bytes(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else CPU_L2_BYTES
+    l2 = _l2_bytes(device_index(device)) if device.type == "cuda" else CPU_L2_BYTES
     return batch_groups * n_k * head_dim * itemsize <= l2
 
 
