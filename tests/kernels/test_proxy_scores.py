@@ -394,3 +394,31 @@ def test_pipeline_plans_equal_with_either_impl():
     assert a.name == b.name
     assert torch.equal(a.budget.value, b.budget.value)
     assert torch.equal(a.layout.kv_counts, b.layout.kv_counts) and torch.equal(a.layout.kv_indices, b.layout.kv_indices)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("Hq,G", [(4, 4), (8, 2), (20, 4), (28, 4), (7, 1), (9, 1)], ids=lambda v: str(v))
+def test_proxy_query_is_the_sequential_mean_bitwise(Hq, G, dtype):
+    """``_proxy_query`` (the split path's kernel 0; the unsplit kernel shares ``_mean_query``) sums the group's
+    QH = Hq / G query heads in float32 one head after another, divides by QH and rounds to the input dtype: bitwise
+    that, for QH of 1, 2, 4, 5, 7 and 9, on ragged q-blocks; rows a q-block does not sample are zeros (+0.0).
+    The contract any rewrite of the prologue (e.g. loads issued several heads at a time) must keep."""
+    B, Nq, D, stride, bq = 2, 150, 32, 4, 32
+    q, _ = make_qk(29, B, Hq, 1, Nq, 1, D, dtype)
+    qh, n_qb, n_sampled = Hq // G, -(-Nq // bq), -(-bq // stride)
+    block_s = triton.next_power_of_2(n_sampled)
+    qp = torch.full((B * G, n_qb, block_s, D), float("nan"), dtype=dtype, device=q.device)
+    ps_kernel._proxy_query[(n_qb, B * G)](q, qp, *q.stride(), G, Nq, qh, n_qb, STRIDE=stride, N_SAMPLED=n_sampled,
+                                          BLOCK_S=block_s, HEAD_DIM=D, BLOCK_Q=bq,
+                                          UPCAST_DOT=ps_op._INTERPRET and dtype == torch.bfloat16)
+    want = torch.zeros_like(qp)
+    for i in range(n_qb):
+        last = min((i + 1) * bq, Nq) - 1
+        rows = [r for r in (last - s * stride for s in range(n_sampled)) if r >= i * bq]
+        heads = q[:, :, rows].float().view(B * G, qh, len(rows), D)
+        acc = torch.zeros(B * G, len(rows), D, device=q.device)
+        for h in range(qh):
+            acc = acc + heads[:, h]
+        want[:, i, :len(rows)] = (acc / qh).to(dtype)
+    assert torch.equal(qp.view(torch.int16 if dtype != torch.float32 else torch.int32),
+                       want.view(torch.int16 if dtype != torch.float32 else torch.int32))
