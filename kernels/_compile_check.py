@@ -62,7 +62,7 @@ def _record(args: argparse.Namespace) -> list[dict]:
         launches.append({"label": state["label"], "module": py.__module__, "name": py.__name__,
                          "grid": [int(g) for g in grid], "args": [[t, k] for t, k in spec],
                          "values": [a if type(a) in (int, bool) else None for a in call_args],
-                         "constexprs": {k: v for k, v in self.constexprs.items()},
+                         "constexprs": dict(self.constexprs),
                          "num_warps": self.num_warps, "num_stages": self.num_stages})
         if state["run"]:
             original_call(self, grid, call_args)
@@ -223,12 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.launches).write_text(json.dumps(records, default=str))
         print(f"recorded {len(records)} launches -> {args.launches}")
         return 0
+    if os.environ.get("TRITON_INTERPRET"):  # before the record step: it would run for nothing
+        p.error("the compile step runs without TRITON_INTERPRET (unset it)")
     if args.step == "both":
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         subprocess.run([sys.executable, "-m", __spec__.name, "--step", "record", "--launches", args.launches,
                         "--shapes", *args.shapes, "--sizes", *args.sizes], check=True, env=env)
-    if os.environ.get("TRITON_INTERPRET"):
-        p.error("the compile step runs without TRITON_INTERPRET (unset it)")
     rows = _compile(_distinct(json.loads(Path(args.launches).read_text())), int(args.arch.removeprefix("sm_")),
                     args.sass)
     if args.json:

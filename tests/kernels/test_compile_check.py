@@ -53,3 +53,11 @@ def test_record_step_refuses_to_run_compiled(tmp_path):
     res = subprocess.run([sys.executable, "-m", "sparsekit.kernels._compile_check", "--step", "record"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "TRITON_INTERPRET=1" in res.stderr
+
+
+def test_compile_step_refuses_the_interpreter_before_recording(tmp_path):
+    launches = tmp_path / "launches.json"
+    res = subprocess.run([sys.executable, "-m", "sparsekit.kernels._compile_check", "--launches", str(launches)],
+                         env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "without TRITON_INTERPRET" in res.stderr
+    assert not launches.exists()  # refused before the record step ran
